@@ -1,0 +1,136 @@
+"""The model registry: which models napari-medsam knows, their files and how to feed them.
+
+Built-in models are listed in ``registry.json`` beside this file. Models that a user exports
+from a checkpoint of their own get a ``model.json`` with the same fields in their cache
+folder, and are listed after the built-in ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from napari_medsam.paths import cache_dir, model_dir
+
+logger = logging.getLogger(__name__)
+
+SPEC_FILENAME = "model.json"
+ROLES = ("encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One exported ONNX file: its name in the model folder and its expected sha256."""
+
+    filename: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the engine needs to know about a model besides its weights."""
+
+    name: str
+    display_name: str
+    architecture: str
+    input_size: int
+    embedding_shape: tuple[int, int, int]
+    low_res_size: int
+    preprocessing: dict[str, Any]
+    prompts: tuple[str, ...]
+    files: dict[str, FileSpec]
+    source: dict[str, Any] = field(default_factory=dict)
+    opset: int = 17
+    builtin: bool = True
+    notes: str = ""
+
+    @property
+    def directory(self) -> Path:
+        """Cache folder holding this model's ONNX files."""
+        return model_dir(self.name)
+
+    def path(self, role: str) -> Path:
+        """Path of the ``encoder`` or ``decoder`` ONNX file."""
+        return self.directory / self.files[role].filename
+
+    def answers(self, prompt: str) -> bool:
+        """Whether the model gives useful masks for ``prompt`` ("box" or "point")."""
+        return prompt in self.prompts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "display_name": self.display_name,
+            "architecture": self.architecture,
+            "source": self.source,
+            "input_size": self.input_size,
+            "embedding_shape": list(self.embedding_shape),
+            "low_res_size": self.low_res_size,
+            "preprocessing": self.preprocessing,
+            "prompts": list(self.prompts),
+            "notes": self.notes,
+            "opset": self.opset,
+            "files": {r: {"filename": f.filename, "sha256": f.sha256} for r, f in self.files.items()},
+        }
+
+
+def spec_from_json(name: str, data: dict[str, Any], *, builtin: bool) -> ModelSpec:
+    """Build a :class:`ModelSpec` from a registry entry, naming the field that is wrong."""
+    try:
+        files = {role: FileSpec(**data["files"][role]) for role in ROLES}
+        return ModelSpec(
+            name=name,
+            display_name=data.get("display_name", name),
+            architecture=data["architecture"],
+            input_size=int(data["input_size"]),
+            embedding_shape=tuple(int(v) for v in data["embedding_shape"]),
+            low_res_size=int(data["low_res_size"]),
+            preprocessing=dict(data["preprocessing"]),
+            prompts=tuple(data["prompts"]),
+            files=files,
+            source=dict(data.get("source", {})),
+            opset=int(data.get("opset", 17)),
+            builtin=builtin,
+            notes=data.get("notes", ""),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"model registry entry {name!r} is invalid: missing or bad {exc}") from exc
+
+
+def _builtin_entries() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("registry.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def load_registry() -> dict[str, ModelSpec]:
+    """All known models: built-in entries first, then user exports found in the cache."""
+    specs = {name: spec_from_json(name, entry, builtin=True)
+             for name, entry in _builtin_entries().items()}
+    user_root = cache_dir() / "models"
+    if user_root.is_dir():
+        for spec_file in sorted(user_root.glob(f"*/{SPEC_FILENAME}")):
+            name = spec_file.parent.name
+            if name in specs:
+                continue
+            try:
+                specs[name] = spec_from_json(name, json.loads(spec_file.read_text()), builtin=False)
+            except (ValueError, json.JSONDecodeError) as exc:
+                logger.warning("Ignoring user model %s: %s", spec_file, exc)
+    return specs
+
+
+def list_specs() -> list[ModelSpec]:
+    """Known models in display order."""
+    return list(load_registry().values())
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The model called ``name``; a ``KeyError`` that lists the known names otherwise."""
+    specs = load_registry()
+    if name not in specs:
+        known = ", ".join(sorted(specs)) or "none"
+        raise KeyError(f"unknown model {name!r}; known models: {known}")
+    return specs[name]

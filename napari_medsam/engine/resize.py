@@ -1,0 +1,107 @@
+"""Separable resize weights that reproduce OpenCV's INTER_AREA and PyTorch's bilinear.
+
+The LiteMedSAM reference resizes slices with ``cv2.resize(..., INTER_AREA)`` and resizes
+logits back with ``F.interpolate(mode="bilinear", align_corners=False)``. Neither library is
+needed at run time: each resize is two small matrix products with these weights.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=64)
+def area_weights(src: int, dst: int) -> np.ndarray:
+    """(dst, src) weights of OpenCV's INTER_AREA along one axis.
+
+    Downscaling averages the source pixels each output pixel covers (exact overlaps);
+    upscaling uses OpenCV's area-mode linear coefficients.
+    """
+    weights = np.zeros((dst, src), dtype=np.float64)
+    scale = src / dst
+    if scale >= 1.0:
+        for d in range(dst):
+            lo, hi = d * scale, (d + 1) * scale
+            first, last = int(math.floor(lo)), min(int(math.ceil(hi)), src)
+            for s in range(first, last):
+                overlap = min(hi, s + 1) - max(lo, s)
+                if overlap > 1e-12:
+                    weights[d, s] = overlap / scale
+        return weights
+    inv = dst / src
+    for d in range(dst):
+        s = int(math.floor(d * scale))
+        f = (d + 1) - (s + 1) * inv
+        f = 0.0 if f <= 0 else f - math.floor(f)
+        if s < 0:
+            s, f = 0, 0.0
+        if s >= src - 1:
+            s, f = src - 1, 0.0
+        weights[d, s] += 1.0 - f
+        if f:
+            weights[d, s + 1] += f
+    return weights
+
+
+@lru_cache(maxsize=64)
+def bilinear_weights(src: int, dst: int) -> np.ndarray:
+    """(dst, src) weights of ``F.interpolate(bilinear, align_corners=False)`` on one axis."""
+    weights = np.zeros((dst, src), dtype=np.float64)
+    scale = src / dst
+    for d in range(dst):
+        pos = max((d + 0.5) * scale - 0.5, 0.0)
+        i0 = min(int(math.floor(pos)), src - 1)
+        i1 = min(i0 + 1, src - 1)
+        frac = pos - i0
+        weights[d, i0] += 1.0 - frac
+        weights[d, i1] += frac
+    return weights
+
+
+def resize_area(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Resize a 2D array like ``cv2.resize(image, (cols, rows), INTER_AREA)`` (float32)."""
+    wy = area_weights(image.shape[0], rows).astype(np.float32)
+    wx = area_weights(image.shape[1], cols).astype(np.float32)
+    return wy @ image.astype(np.float32, copy=False) @ wx.T
+
+
+@lru_cache(maxsize=64)
+def _fixed_point_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source index and 11-bit coefficients of OpenCV's area-mode linear taps."""
+    weights = area_weights(src, dst)
+    first = (weights > 0).argmax(axis=1)  # the tap with weight 1 - f (never zero)
+    padded = np.concatenate([weights, np.zeros((dst, 1))], axis=1)
+    frac = padded[np.arange(dst), first + 1].astype(np.float32)
+    a1 = np.rint(frac * 2048).astype(np.int64)
+    a0 = np.rint((1.0 - frac) * 2048).astype(np.int64)
+    return first, a0, a1
+
+
+def resize_area_uint8(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Bit-exact ``cv2.resize(uint8_image, (cols, rows), interpolation=INTER_AREA)``.
+
+    Downscaling (both axes) averages exact pixel overlaps and rounds half up; any other
+    case uses OpenCV's fixed-point linear taps (11-bit coefficients, SIMD rounding).
+    """
+    src_rows, src_cols = image.shape
+    if src_rows >= rows and src_cols >= cols:
+        out = np.floor(resize_area(image, rows, cols) + 0.5)
+        return np.clip(out, 0, 255).astype(np.uint8)
+    img = image.astype(np.int64)
+    xi, xa0, xa1 = _fixed_point_taps(src_cols, cols)
+    yi, ya0, ya1 = _fixed_point_taps(src_rows, rows)
+    horizontal = img[:, xi] * xa0 + img[:, np.minimum(xi + 1, src_cols - 1)] * xa1
+    top = horizontal[yi] >> 4
+    bottom = horizontal[np.minimum(yi + 1, src_rows - 1)] >> 4
+    out = (((top * ya0[:, None]) >> 16) + ((bottom * ya1[:, None]) >> 16) + 2) >> 2
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def resize_bilinear(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Resize a 2D array like PyTorch's bilinear interpolation without align_corners."""
+    wy = bilinear_weights(array.shape[0], rows).astype(np.float32)
+    wx = bilinear_weights(array.shape[1], cols).astype(np.float32)
+    return wy @ array.astype(np.float32, copy=False) @ wx.T
