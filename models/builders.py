@@ -76,9 +76,13 @@ def _sam_parts(image_encoder: nn.Module, input_size: int):
 def _load_into(parts, state: dict[str, torch.Tensor], path: Path) -> None:
     holder = nn.Module()
     holder.image_encoder, holder.prompt_encoder, holder.mask_decoder = parts
-    result = holder.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys]
-    unexpected = [k for k in result.unexpected_keys]
+    try:
+        result = holder.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"checkpoint {path} does not fit the architecture: {first}") from exc
+    missing = list(result.missing_keys)
+    unexpected = list(result.unexpected_keys)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not fit the architecture: "

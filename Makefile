@@ -1,0 +1,55 @@
+# napari-medsam: `make demo` and `make test` set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+OUT    ?= out
+XVFB   := $(shell command -v xvfb-run 2>/dev/null)
+APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 \
+	libxcb-randr0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libxcb-xfixes0 libxcb-cursor0 \
+	libgl1 libegl1 libfontconfig1 libdbus-1-3
+
+.PHONY: setup model demo test lint bench sys-deps clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU build, never a CUDA download
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[export,test]" PyQt5
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Installs the X virtual framebuffer and the xcb libraries Qt needs (root, Debian/Ubuntu).
+sys-deps:
+	@if ! command -v xvfb-run >/dev/null || ! ldconfig -p | grep -q libxcb-icccm; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+		else \
+			echo "Missing Xvfb/xcb libraries: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
+		fi; \
+	fi
+
+model: setup
+	$(BIN)/napari-medsam export-model
+
+demo: model
+	@if [ -n "$(HEADLESS)" ] || [ -z "$$DISPLAY" ]; then \
+		$(MAKE) --no-print-directory sys-deps && \
+		xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m napari_medsam.demo --headless --out $(OUT); \
+	else \
+		$(BIN)/python -m napari_medsam.demo; \
+	fi
+
+test: setup sys-deps
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check napari_medsam src_tests
+
+bench: model
+	$(BIN)/napari-medsam bench --data ../shared/data --json $(OUT)/bench.json
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info $(OUT)

@@ -1,0 +1,80 @@
+"""A user's own SAM/MedSAM ViT-B checkpoint goes through the same export path.
+
+No real ViT-B checkpoint can be downloaded here, so a randomly initialised ViT-B with SAM's
+parameter names stands in for one; the engine then runs it like LiteMedSAM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_case, tight_box
+
+from napari_medsam.engine import load_model
+from napari_medsam.models import export as export_mod
+from napari_medsam.models.builders import _sam_parts
+from napari_medsam.models.sam_vit import build_vit_encoder, init_random_
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vit_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    encoder, prompt_encoder, decoder = _sam_parts(build_vit_encoder("vit_b"), 1024)
+    init_random_(encoder, seed=1)
+    holder = torch.nn.Module()
+    holder.image_encoder, holder.prompt_encoder, holder.mask_decoder = (encoder, prompt_encoder,
+                                                                        decoder)
+    path = tmp_path_factory.mktemp("vitb") / "sam_vit_b_random.pth"
+    torch.save(holder.state_dict(), path)
+    n_params = sum(p.numel() for p in holder.parameters())
+    assert 85e6 < n_params < 100e6, n_params  # ViT-B SAM has about 94 million parameters
+    return path
+
+
+def test_vit_b_checkpoint_exports_and_runs(vit_checkpoint, model_cache):
+    result = export_mod.export_model("my-medsam-vitb", checkpoint=vit_checkpoint,
+                                     architecture="vit_b", preprocessing="medsam")
+    assert result.max_abs_diff <= 1e-3
+    spec = result.spec
+    assert not spec.builtin and spec.input_size == 1024 and spec.architecture == "vit_b"
+    assert (spec.directory / "model.json").is_file()
+
+    model = load_model("my-medsam-vitb", device="cpu")
+    _, reference, mapped = load_case("totalseg_ct_abdomen_pelvis")
+    z = int((reference == 5).sum(axis=(1, 2)).argmax())
+    embedding = model.embed(mapped[z])
+    assert embedding.features.shape == (1, 256, 64, 64)
+    assert embedding.resized_size == (848, 1024)
+    prediction = model.predict(embedding, box=tight_box(reference[z] == 5))
+    assert prediction.logits.shape == mapped[z].shape
+    assert np.isfinite(prediction.logits).all()
+
+    # the encoder's ONNX output equals PyTorch's on the same real slice
+    from napari_medsam.models.builders import build_model
+
+    torch_model = build_model("vit_b", vit_checkpoint)
+    tensor, _ = model.preprocess(mapped[z])
+    with torch.inference_mode():
+        ref = torch_model.image_encoder(torch.from_numpy(tensor)).numpy()
+    assert np.abs(ref - embedding.features).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+
+
+def test_checkpoint_that_does_not_fit_is_refused(vit_checkpoint):
+    with pytest.raises(export_mod.ExportError, match="does not fit the architecture"):
+        export_mod.export_model("wrong-arch", checkpoint=vit_checkpoint,
+                                architecture="litemedsam")
+
+
+def test_missing_checkpoint_is_refused(tmp_path):
+    with pytest.raises(export_mod.ExportError, match="does not exist"):
+        export_mod.export_model("ghost", checkpoint=tmp_path / "nope.pth", architecture="vit_b")
+
+
+def test_garbage_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(export_mod.ExportError, match="cannot read checkpoint"):
+        export_mod.export_model("garbage", checkpoint=bad, architecture="vit_b")
