@@ -1,0 +1,62 @@
+"""The napari-medsam command line: clear errors and exit codes, export and bench output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import DATA_DIR
+
+from napari_medsam.cli import main
+
+
+def run_cli(*args: str, env_cache: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ)
+    if env_cache is not None:
+        env["NAPARI_MEDSAM_CACHE"] = str(env_cache)
+    return subprocess.run([sys.executable, "-m", "napari_medsam.cli", *args],
+                          capture_output=True, text=True, env=env)
+
+
+def test_export_model_reports_files_and_parity(litemedsam, model_cache, capsys):
+    assert main(["export-model"]) == 0
+    out = capsys.readouterr().out
+    assert "encoder" in out and "decoder" in out and "parity" in out
+
+
+def test_models_lists_litemedsam_ready(litemedsam, capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "litemedsam" in out and "ready" in out
+
+
+def test_export_of_a_missing_checkpoint_is_an_error(tmp_path):
+    result = run_cli("export-model", "--name", "mine", "--checkpoint",
+                     str(tmp_path / "missing.pth"), env_cache=tmp_path)
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bench_without_data_is_a_usage_error(tmp_path):
+    result = run_cli("bench", "--data", str(tmp_path / "nothing"), env_cache=tmp_path)
+    assert result.returncode == 2
+    assert "--data" in result.stderr
+
+
+def test_bench_json_has_engine_and_torch_keys(litemedsam, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--data", str(DATA_DIR), "--slices", "2", "--repeats", "1",
+                 "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    for key in ("provider", "encoder_ms", "decoder_ms", "torch_encoder_ms", "torch_decoder_ms",
+                "encoder_speedup", "decoder_speedup"):
+        assert key in result
+    assert result["provider"] == "CPUExecutionProvider"
+    assert result["encoder_ms"] > 0 and result["torch_encoder_ms"] > 0
+    assert "speed-up" in capsys.readouterr().out

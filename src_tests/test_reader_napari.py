@@ -1,0 +1,112 @@
+"""napari-level tests: a real viewer (under Xvfb) opening and saving through the plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import case_dir
+from napari.layers import Image, Labels
+from npe2 import PluginManifest
+
+from napari_medsam._sample_data import sample_label_path, sample_path
+from napari_medsam.io import read_volume
+
+PLUGIN = "napari-medsam"
+MANIFEST = Path(__file__).resolve().parents[1] / "napari_medsam" / "napari.yaml"
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, npe2pm):
+    """A viewer whose plugin manager holds exactly this checkout's napari-medsam manifest.
+
+    ``npe2pm`` (npe2's pytest fixture) isolates plugin discovery, so the test uses the
+    manifest in this working tree whether or not the package is pip-installed.
+    """
+    npe2pm.register(PluginManifest.from_file(MANIFEST))
+    return make_napari_viewer()
+
+
+def _error_text(exc: BaseException) -> str:
+    parts = []
+    while exc is not None:
+        parts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(parts)
+
+
+def test_open_sample_ct_and_its_labels(viewer):
+    volume = read_volume(sample_path("ct"))
+    (image,) = viewer.open(str(sample_path("ct")), plugin=PLUGIN)
+    assert isinstance(image, Image)
+    np.testing.assert_allclose(image.scale, volume.scale)
+    np.testing.assert_allclose(image.translate, volume.translate)
+    assert image.metadata["spacing"] == list(volume.spacing)
+    assert image.metadata["direction"] == list(volume.direction)
+    assert image.metadata["modality"] == "CT"
+    assert tuple(image.contrast_limits) == (-160.0, 240.0)
+
+    (labels,) = viewer.open(str(sample_label_path("ct")), plugin=PLUGIN)
+    assert isinstance(labels, Labels)
+    np.testing.assert_allclose(labels.scale, volume.scale)
+    np.testing.assert_allclose(labels.translate, volume.translate)
+    assert len(viewer.layers) == 2
+
+
+def test_open_dicom_folder(viewer):
+    (image,) = viewer.open(str(case_dir("totalseg_ct_dicom") / "dicom"), plugin=PLUGIN)
+    assert isinstance(image, Image)
+    assert image.data.shape == (20, 512, 512)
+    np.testing.assert_allclose(image.scale, (2.0, 0.9765625, 0.9765625))
+
+
+def test_truncated_file_gives_clear_error_and_viewer_keeps_working(viewer, tmp_path):
+    viewer.open(str(sample_path("mr")), plugin=PLUGIN)
+    assert len(viewer.layers) == 1
+    broken = tmp_path / "broken_ct.nii.gz"
+    data = sample_path("ct").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception) as info:  # napari wraps the plugin's error
+        viewer.open(str(broken), plugin=PLUGIN)
+    text = _error_text(info.value)
+    assert str(broken) in text
+    assert "truncated" in text
+    # Nothing was added or lost, and the viewer still opens files.
+    assert [layer.name for layer in viewer.layers] == ["image"]
+    (labels,) = viewer.open(str(sample_label_path("mr")), plugin=PLUGIN)
+    assert isinstance(labels, Labels)
+    assert len(viewer.layers) == 2
+    viewer.add_labels(np.zeros((2, 2, 2), dtype=np.uint8), name="still editable")
+    assert len(viewer.layers) == 3
+
+
+def test_save_labels_layer_with_image_geometry(viewer, tmp_path):
+    # pyradiomics MR: its direction has a -1 (y), which scale/translate alone would lose.
+    (image,) = viewer.open(str(sample_path("mr")), plugin=PLUGIN)
+    volume = read_volume(sample_path("mr"))
+    mask = read_volume(sample_label_path("mr")).array
+    labels = viewer.add_labels(
+        mask.astype(np.int32),
+        name="tumour",
+        scale=image.scale,
+        translate=image.translate,
+        metadata={**image.metadata, "label_names": {1: "brain tumor"}},
+    )
+    target = tmp_path / "tumour.nii.gz"
+    written = labels.save(str(target), plugin=PLUGIN)
+    assert written == [str(target)]
+    on_disk = sitk.ReadImage(str(target))
+    np.testing.assert_allclose(on_disk.GetSpacing(), volume.spacing, atol=1e-6)
+    np.testing.assert_allclose(on_disk.GetOrigin(), volume.origin, atol=1e-6)
+    np.testing.assert_allclose(on_disk.GetDirection(), volume.direction, atol=1e-6)
+    assert on_disk.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(on_disk), mask)
+    assert read_volume(target).label_names == {1: "brain tumor"}
+    # ... and the saved file opens again as a Labels layer on the image.
+    (again,) = viewer.open(str(target), plugin=PLUGIN)
+    assert isinstance(again, Labels)
+    np.testing.assert_allclose(again.scale, image.scale)

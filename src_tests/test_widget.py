@@ -1,0 +1,82 @@
+"""The Segment widget in a real napari viewer (under Xvfb): box -> preview -> accept -> undo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import dice
+
+from napari_medsam._sample_data import sample_ct
+from napari_medsam._widget import BOXES_LAYER, SegmentWidget
+
+pytestmark = pytest.mark.gui
+LIVER, SPLEEN = 5, 1
+
+
+def _rectangle(axis, index, rows, cols):
+    """A 3D rectangle on slice ``index`` of ``axis`` covering rows x cols (inclusive)."""
+    corners = [(rows[0], cols[0]), (rows[0], cols[1]), (rows[1], cols[1]), (rows[1], cols[0])]
+    out = []
+    for r, c in corners:
+        vertex = [0.0, 0.0, 0.0]
+        others = [a for a in range(3) if a != axis]
+        vertex[axis], vertex[others[0]], vertex[others[1]] = index, r, c
+        out.append(vertex)
+    return np.array([out])
+
+
+@pytest.fixture
+def ready(make_napari_viewer, qtbot, litemedsam):
+    viewer = make_napari_viewer()
+    (image, image_kwargs, _), (labels, _label_kwargs, _) = sample_ct()
+    layer = viewer.add_image(image, **image_kwargs)
+    widget = SegmentWidget(viewer, device="cpu")
+    viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=120_000)
+    return viewer, widget, layer, labels
+
+
+def _segment(viewer, widget, layer, qtbot, axis, index, mask2d):
+    viewer.dims.order = tuple([axis] + [a for a in range(3) if a != axis])
+    point = list(viewer.dims.point)
+    world = layer.data_to_world([index if a == axis else 0 for a in range(3)])
+    point[axis] = world[axis]
+    viewer.dims.point = point
+    assert widget.current_slice().axis == axis and widget.current_slice().index == index
+    ys, xs = np.nonzero(mask2d)
+    widget.preview_mask = None
+    viewer.layers[BOXES_LAYER].add_rectangles(
+        _rectangle(axis, index, (ys.min(), ys.max()), (xs.min(), xs.max())))
+    qtbot.waitUntil(lambda: widget.preview_mask is not None, timeout=60_000)
+    return widget.accept()
+
+
+def test_axial_box_preview_accept_undo_redo(ready, qtbot):
+    viewer, widget, layer, reference = ready
+    z = int((reference == LIVER).sum(axis=(1, 2)).argmax())
+    accepted = _segment(viewer, widget, layer, qtbot, 0, z, reference[z] == LIVER)
+    target = widget.target_labels()
+    assert accepted > 0
+    assert dice(target.data[z] == 1, reference[z] == LIVER) >= 0.85
+    assert target.scale.tolist() == layer.scale.tolist()
+    assert target.translate.tolist() == layer.translate.tolist()
+    target.undo()
+    assert not target.data.any()
+    target.redo()
+    assert dice(target.data[z] == 1, reference[z] == LIVER) >= 0.85
+
+
+def test_coronal_box_and_keep_rule(ready, qtbot):
+    viewer, widget, layer, reference = ready
+    y = int((reference == LIVER).sum(axis=(0, 2)).argmax())
+    _segment(viewer, widget, layer, qtbot, 1, y, reference[:, y, :] == LIVER)
+    target = widget.target_labels()
+    assert dice(target.data[:, y, :] == 1, reference[:, y, :] == LIVER) >= 0.85
+    first = target.data.copy()
+    # a second object whose box covers the first: the default keep rule protects object 1
+    assert widget.new_object() == 2
+    everything = np.ones_like(reference[:, y, :], dtype=bool)
+    everything[[0, -1], :] = False
+    everything[:, [0, -1]] = False
+    _segment(viewer, widget, layer, qtbot, 1, y, everything)
+    assert np.array_equal(target.data[first == 1], first[first == 1])
