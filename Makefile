@@ -46,7 +46,7 @@ test: setup sys-deps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check napari_medsam src_tests
+	$(BIN)/ruff check napari_medsam src_tests models
 
 bench: model
 	$(BIN)/napari-medsam bench --data ../shared/data --json $(OUT)/bench.json

@@ -73,7 +73,8 @@ class ModelSpec:
             "prompts": list(self.prompts),
             "notes": self.notes,
             "opset": self.opset,
-            "files": {r: {"filename": f.filename, "sha256": f.sha256} for r, f in self.files.items()},
+            "files": {r: {"filename": f.filename, "sha256": f.sha256}
+                      for r, f in self.files.items()},
         }
 
 

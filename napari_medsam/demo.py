@@ -41,7 +41,8 @@ def open_demo(viewer, device: str = "auto"):
 
     (image_data, image_kwargs, _), (label_data, label_kwargs, _) = sample_ct()
     viewer.add_image(image_data, **image_kwargs)
-    reference = viewer.add_labels(label_data, **{**label_kwargs, "name": "reference (TotalSegmentator)"})
+    label_kwargs = {**label_kwargs, "name": "reference (TotalSegmentator)"}
+    reference = viewer.add_labels(label_data, **label_kwargs)
     reference.visible = False
     widget = SegmentWidget(viewer, device=device)
     viewer.window.add_dock_widget(widget, name="Segment (MedSAM)", area="right")

@@ -27,7 +27,8 @@ def test_registry_describes_litemedsam():
     assert spec.input_size == 256 and spec.embedding_shape == (256, 64, 64)
     assert spec.prompts == ("box",) and not spec.answers("point")
     assert spec.preprocessing["resize"] == "longest_side"
-    assert spec.source["sha256"] == "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+    assert spec.source["sha256"] == (
+        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76")
     assert all(len(f.sha256) == 64 for f in spec.files.values())
 
 
