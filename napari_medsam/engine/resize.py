@@ -2,7 +2,9 @@
 
 The LiteMedSAM reference resizes slices with ``cv2.resize(..., INTER_AREA)`` and resizes
 logits back with ``F.interpolate(mode="bilinear", align_corners=False)``. Neither library is
-needed at run time: each resize is two small matrix products with these weights.
+needed at run time: each resize applies a few weighted taps per output pixel along each axis.
+The taps are applied by gathering, not by BLAS matrix products: BLAS worker threads keep
+spinning after a call and slow down the ONNX Runtime run that follows on a 2-core laptop.
 """
 
 from __future__ import annotations
@@ -61,11 +63,36 @@ def bilinear_weights(src: int, dst: int) -> np.ndarray:
     return weights
 
 
+@lru_cache(maxsize=128)
+def _taps(kind: str, src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse form of a (dst, src) weight matrix: indices and float32 weights, (dst, K)."""
+    dense = area_weights(src, dst) if kind == "area" else bilinear_weights(src, dst)
+    width = max(int((dense > 0).sum(axis=1).max()), 1)
+    index = np.zeros((dst, width), dtype=np.intp)
+    weight = np.zeros((dst, width), dtype=np.float32)
+    for d in range(dst):
+        nz = np.nonzero(dense[d])[0]
+        index[d, : nz.size] = nz
+        weight[d, : nz.size] = dense[d, nz]
+    return index, weight
+
+
+def _apply_taps(array: np.ndarray, kind: str, rows: int, cols: int) -> np.ndarray:
+    data = np.asarray(array, dtype=np.float32)
+    index, weight = _taps(kind, data.shape[0], rows)
+    out_rows = np.zeros((rows, data.shape[1]), dtype=np.float32)
+    for k in range(index.shape[1]):
+        out_rows += weight[:, k, None] * data[index[:, k], :]
+    index, weight = _taps(kind, data.shape[1], cols)
+    out = np.zeros((rows, cols), dtype=np.float32)
+    for k in range(index.shape[1]):
+        out += out_rows[:, index[:, k]] * weight[None, :, k]
+    return out
+
+
 def resize_area(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Resize a 2D array like ``cv2.resize(image, (cols, rows), INTER_AREA)`` (float32)."""
-    wy = area_weights(image.shape[0], rows).astype(np.float32)
-    wx = area_weights(image.shape[1], cols).astype(np.float32)
-    return wy @ image.astype(np.float32, copy=False) @ wx.T
+    return _apply_taps(image, "area", rows, cols)
 
 
 @lru_cache(maxsize=64)
@@ -98,9 +125,7 @@ def resize_area_uint8(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
             # other factors: sum * (1/area) in float32, rounded half to even
             scaled = blocks.astype(np.float32) * np.float32(1.0 / (fy * fx))
             return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        wy = area_weights(src_rows, rows).astype(np.float32)
-        wx = area_weights(src_cols, cols).astype(np.float32)
-        out = np.rint(wy @ (image.astype(np.float32) @ wx.T))
+        out = np.rint(resize_area(image, rows, cols))
         return np.clip(out, 0, 255).astype(np.uint8)
     img = image.astype(np.int64)
     xi, xa0, xa1 = _fixed_point_taps(src_cols, cols)
@@ -114,6 +139,4 @@ def resize_area_uint8(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 def resize_bilinear(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Resize a 2D array like PyTorch's bilinear interpolation without align_corners."""
-    wy = bilinear_weights(array.shape[0], rows).astype(np.float32)
-    wx = bilinear_weights(array.shape[1], cols).astype(np.float32)
-    return wy @ array.astype(np.float32, copy=False) @ wx.T
+    return _apply_taps(array, "bilinear", rows, cols)
