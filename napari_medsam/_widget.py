@@ -28,7 +28,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medsam.io.intensity import CT_WINDOWS, IntensityMapping
+from napari_medsam.io.intensity import (
+    CT_WINDOWS,
+    IntensityMapping,
+    ct_window,
+    mapping_from_name,
+    mapping_names,
+)
 from napari_medsam.segmentation import SegmentationSession, SliceRef, merge_mask
 
 logger = logging.getLogger(__name__)
@@ -44,12 +50,7 @@ def mapping_for_layer(layer: Image) -> IntensityMapping:
     low, high = (float(v) for v in layer.contrast_limits)
     name = "display"
     for preset in CT_WINDOWS:
-        try:
-            from napari_medsam.io.intensity import ct_window
-
-            window = ct_window(preset)
-        except (KeyError, ValueError):
-            continue
+        window = ct_window(preset)
         if np.isclose(window.low, low) and np.isclose(window.high, high):
             name = preset
             break
@@ -103,6 +104,12 @@ class SegmentWidget(QWidget):
         self.image_combo = QComboBox()
         self.image_combo.currentIndexChanged.connect(self._on_image_change)
         self.model_label = QLabel(f"{self.model_name}: loading...")
+        self.window_combo = QComboBox()
+        self.window_combo.addItems(["(as displayed)", *mapping_names()])
+        self.window_combo.setToolTip("Intensity window the model sees; it also sets the "
+                                     "image's contrast limits, so what you see is what the "
+                                     "model sees")
+        self.window_combo.currentTextChanged.connect(self.set_window)
         self.label_spin = QSpinBox()
         self.label_spin.setRange(1, 2**31 - 1)
         self.label_spin.setValue(1)
@@ -128,6 +135,7 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_label)
+        form.addRow("Window", self.window_combo)
         row = QHBoxLayout()
         row.addWidget(self.label_spin)
         row.addWidget(self.label_name)
@@ -207,6 +215,20 @@ class SegmentWidget(QWidget):
         if layer is not None and self.session is not None:
             self.session.mapping = mapping_for_layer(layer)
             self._schedule()
+
+    def set_window(self, name: str) -> None:
+        """Apply a CT window preset or MRI normalisation by name to the image layer."""
+        layer = self.image_layer
+        if layer is None or not name or name.startswith("("):
+            return
+        try:
+            mapping = mapping_from_name(name, np.asarray(layer.data))
+        except ValueError as exc:
+            show_error(f"MedSAM: {exc}")
+            return
+        layer.contrast_limits_range = (min(layer.contrast_limits_range[0], mapping.low),
+                                       max(layer.contrast_limits_range[1], mapping.high))
+        layer.contrast_limits = mapping.contrast_limits  # triggers _on_contrast_change
 
     def _geometry_kwargs(self, layer: Image) -> dict:
         return {"scale": layer.scale, "translate": layer.translate}

@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 
 # (case folder, image file, label file, label ids): CT organs and an MRI tumour.
 BENCH_CASES = (
-    ("totalseg_ct_abdomen_pelvis", "image.nii.gz", "label.nii.gz", (5, 1, 2, 3, 6)),
+    ("totalseg_ct_abdomen_pelvis", "image.nii.gz", "label.nii.gz", (5, 1, 2, 3, 6, 21)),
     ("pyradiomics_brain1_mr", "image.nrrd", "label.nrrd", (1,)),
+    ("totalseg_mr_abdomen_sm", "image.nii.gz", "label.nii.gz", (5, 1, 2, 3)),
 )
 
 
@@ -42,7 +43,11 @@ def default_data_dir() -> Path | None:
 
 
 def bench_slices(data_dir: Path, count: int = 8) -> list[BenchSlice]:
-    """``count`` slices spread over the bench cases, each with a box from its reference."""
+    """``count`` slices spread over the bench cases, each with a box from its reference.
+
+    Slices are taken round-robin over the cases (CT, MRI, CT, ...) and repeat only when
+    ``count`` exceeds the number of distinct objects.
+    """
     from napari_medsam.io import read_volume
     from napari_medsam.io.intensity import auto_mapping
 
@@ -64,7 +69,12 @@ def bench_slices(data_dir: Path, count: int = 8) -> list[BenchSlice]:
                                     (xs.min(), ys.min(), xs.max(), ys.max())))
     if not found:
         raise FileNotFoundError(f"no bench cases found in {data_dir}")
-    return [found[i % len(found)] for i in range(count)]
+    by_case: dict[str, list[BenchSlice]] = {}
+    for item in found:
+        by_case.setdefault(item.case, []).append(item)
+    interleaved = [group[i] for i in range(max(map(len, by_case.values())))
+                   for group in by_case.values() if i < len(group)]
+    return [interleaved[i % len(interleaved)] for i in range(count)]
 
 
 def _median_ms(times: list[float]) -> float:

@@ -80,3 +80,11 @@ def test_coronal_box_and_keep_rule(ready, qtbot):
     everything[:, [0, -1]] = False
     _segment(viewer, widget, layer, qtbot, 1, y, everything)
     assert np.array_equal(target.data[first == 1], first[first == 1])
+
+
+def test_window_choice_sets_what_the_model_sees(ready, qtbot):
+    viewer, widget, layer, _ = ready
+    widget.window_combo.setCurrentText("lung")
+    assert tuple(layer.contrast_limits) == (-1350.0, 150.0)
+    assert widget.session.mapping.name == "lung"
+    assert widget.session.mapping.key.startswith("ct_window:lung")
