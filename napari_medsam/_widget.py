@@ -88,6 +88,7 @@ class SegmentWidget(QWidget):
         self.preview_mask: np.ndarray | None = None
         self._generation = 0
         self._pending = None
+        self._watched_layers: set[int] = set()
         self._build_ui()
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -160,9 +161,10 @@ class SegmentWidget(QWidget):
     def _load_model(self) -> None:
         from napari_medsam.engine import load_model
 
-        worker = create_worker(load_model, self.model_name, self.device)
-        worker.returned.connect(self._on_model_loaded)
-        worker.errored.connect(self._on_error)
+        # errors connected at creation, so napari does not re-raise them as well
+        worker = create_worker(load_model, self.model_name, self.device,
+                               _connect={"returned": self._on_model_loaded,
+                                         "errored": self._on_error}, _start_thread=False)
         worker.start()
         self._model_worker = worker
 
@@ -202,7 +204,9 @@ class SegmentWidget(QWidget):
         if layer is None or self.model is None:
             return
         self._ensure_prompt_layers(layer)
-        layer.events.contrast_limits.connect(self._on_contrast_change)
+        if id(layer) not in self._watched_layers:
+            layer.events.contrast_limits.connect(self._on_contrast_change)
+            self._watched_layers.add(id(layer))
         self._make_session(layer)
 
     def _make_session(self, layer: Image) -> None:
@@ -246,6 +250,13 @@ class SegmentWidget(QWidget):
             self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint8),
                                    name=PREVIEW_LAYER, opacity=0.5,
                                    **self._geometry_kwargs(image))
+        preview = self.viewer.layers[PREVIEW_LAYER]
+        if preview.data.shape != image.data.shape:  # another image was chosen
+            preview.data = np.zeros(image.data.shape, dtype=np.uint8)
+            self.preview_ref, self.preview_mask = None, None
+        for name in (BOXES_LAYER, PREVIEW_LAYER):
+            self.viewer.layers[name].scale = image.scale
+            self.viewer.layers[name].translate = image.translate
         self.viewer.layers.selection.active = self.viewer.layers[BOXES_LAYER]
         self.viewer.layers[BOXES_LAYER].mode = "add_rectangle"
 
@@ -302,9 +313,9 @@ class SegmentWidget(QWidget):
             self._show_preview((generation, ref, None))
             return
         self._set_status(f"Segmenting slice {ref.index} (axis {ref.axis})...")
-        worker = create_worker(self._predict_job, generation, ref, boxes, self.session)
-        worker.returned.connect(self._show_preview)
-        worker.errored.connect(self._on_error)
+        worker = create_worker(self._predict_job, generation, ref, boxes, self.session,
+                               _connect={"returned": self._show_preview,
+                                         "errored": self._on_error}, _start_thread=False)
         worker.start()
         self._predict_worker = worker
 
@@ -324,7 +335,10 @@ class SegmentWidget(QWidget):
             else None
         if preview is None:
             return
-        preview.data[...] = 0
+        if self.preview_ref is not None:  # clear only the slice drawn last time
+            old = [slice(None)] * 3
+            old[self.preview_ref.axis] = self.preview_ref.index
+            preview.data[tuple(old)] = 0
         if mask is not None:
             index = [slice(None)] * 3
             index[ref.axis] = ref.index

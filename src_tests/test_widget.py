@@ -88,3 +88,20 @@ def test_window_choice_sets_what_the_model_sees(ready, qtbot):
     assert tuple(layer.contrast_limits) == (-1350.0, 150.0)
     assert widget.session.mapping.name == "lung"
     assert widget.session.mapping.key.startswith("ct_window:lung")
+
+
+def test_missing_model_is_a_clear_message_not_a_crash(make_napari_viewer, qtbot, tmp_path,
+                                                       monkeypatch):
+    from napari_medsam.models import export as export_mod
+    from napari_medsam.paths import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(export_mod, "missing_export_packages", lambda: ["torch"])
+    viewer = make_napari_viewer()
+    (image, image_kwargs, _), _ = sample_ct()
+    viewer.add_image(image, **image_kwargs)
+    widget = SegmentWidget(viewer, device="cpu")
+    qtbot.waitUntil(lambda: "Error" in widget.status.text(), timeout=30_000)
+    assert "pip install 'napari-medsam[export]'" in widget.status.text()
+    assert widget.model is None and widget.session is None
+    assert len(viewer.layers) == 1  # nothing else touched
