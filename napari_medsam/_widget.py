@@ -1,8 +1,10 @@
 """The "Segment (MedSAM)" dock widget: thin napari/Qt glue over SegmentationSession.
 
-Draw a rectangle on any slice (in whichever axis the viewer slices): a preview of the
-model's mask appears in the "MedSAM preview" layer; Accept (Enter) writes it into the target
-Labels layer as the current object id, through napari's undoable path (Ctrl+Z / Ctrl+Shift+Z).
+Draw a rectangle (MedSAM boxes layer) or click (MedSAM clicks layer; positive by default,
+negative with the toggle or T) on any slice, in whichever axis the viewer slices: a preview of
+the model's mask appears in the "MedSAM preview" layer. Accept (Enter) writes it into the
+target Labels layer as the current object id through napari's undoable path
+(Ctrl+Z / Ctrl+Shift+Z).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
@@ -22,12 +24,24 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QListWidget,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_medsam._prompt_layers import (
+    BOXES_LAYER,
+    CLICKS_LAYER,
+    PREVIEW_LAYER,
+    add_prompt_layers,
+    boxes_on_slice,
+    clicks_on_slice,
+    color_clicks,
+    prompts_off_slice,
+)
+from napari_medsam.engine.cache import DEFAULT_BUDGET_BYTES
 from napari_medsam.io.intensity import (
     CT_WINDOWS,
     IntensityMapping,
@@ -39,9 +53,11 @@ from napari_medsam.segmentation import SegmentationSession, SliceRef, merge_mask
 
 logger = logging.getLogger(__name__)
 
-BOXES_LAYER = "MedSAM boxes"
-PREVIEW_LAYER = "MedSAM preview"
-SHORTCUTS = "Enter: accept preview   Escape: clear prompts on this slice   N: new object"
+__all__ = ["BOXES_LAYER", "CLICKS_LAYER", "PREVIEW_LAYER", "SegmentWidget", "mapping_for_layer"]
+
+SHORTCUTS = ("Enter: accept preview   Escape: clear prompts on this slice   "
+             "N: new object   T: toggle positive/negative clicks")
+MB = 1024**2
 
 
 def mapping_for_layer(layer: Image) -> IntensityMapping:
@@ -59,23 +75,19 @@ def mapping_for_layer(layer: Image) -> IntensityMapping:
     return IntensityMapping(name, low, high)
 
 
-def boxes_on_slice(shapes: Shapes, ref: SliceRef) -> list[tuple[float, float, float, float]]:
-    """(x_min, y_min, x_max, y_max) of each rectangle drawn on slice ``ref``."""
-    rows_axis, cols_axis = (a for a in range(3) if a != ref.axis)
-    boxes = []
-    for vertices, kind in zip(shapes.data, shapes.shape_type, strict=True):
-        vertices = np.asarray(vertices)
-        if kind != "rectangle" or vertices.shape[1] != 3:
-            continue
-        if not np.allclose(vertices[:, ref.axis], ref.index, atol=0.5):
-            continue
-        ys, xs = vertices[:, rows_axis], vertices[:, cols_axis]
-        boxes.append((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())))
-    return boxes
+def label_counts(data: np.ndarray) -> dict[int, int]:
+    """Voxels per non-zero label id."""
+    flat = np.asarray(data).ravel()
+    if flat.dtype.kind == "u" and flat.dtype.itemsize <= 2:
+        counts = np.bincount(flat)
+        ids = np.nonzero(counts)[0]
+        return {int(i): int(counts[i]) for i in ids if i}
+    ids, counts = np.unique(flat, return_counts=True)
+    return {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i}
 
 
 class SegmentWidget(QWidget):
-    """Dock widget: image choice, model/device, object id, preview, accept, save."""
+    """Dock widget: image, model/device, window, object id and list, preview, accept, save."""
 
     def __init__(self, napari_viewer, *, model_name: str = "litemedsam", device: str = "auto"):
         super().__init__()
@@ -87,8 +99,9 @@ class SegmentWidget(QWidget):
         self.preview_ref: SliceRef | None = None
         self.preview_mask: np.ndarray | None = None
         self._generation = 0
-        self._pending = None
-        self._watched_layers: set[int] = set()
+        self._pending = False
+        self._watched: set[int] = set()
+        self._prefetch_worker = None
         self._build_ui()
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -113,12 +126,14 @@ class SegmentWidget(QWidget):
         self.window_combo.currentTextChanged.connect(self.set_window)
         self.label_spin = QSpinBox()
         self.label_spin.setRange(1, 2**31 - 1)
-        self.label_spin.setValue(1)
         self.label_name = QLabel("")
         self.label_spin.valueChanged.connect(self._update_label_name)
         new_button = QPushButton("New object")
         new_button.setToolTip("Pick the next free label id (N)")
         new_button.clicked.connect(self.new_object)
+        self.negative_check = QCheckBox("Negative clicks")
+        self.negative_check.setToolTip("New clicks cut instead of add (T toggles)")
+        self.negative_check.toggled.connect(self._on_click_sign)
         self.overwrite_check = QCheckBox("Overwrite other objects")
         self.overwrite_check.setToolTip("Off: voxels of other objects are kept")
         self.accept_button = QPushButton("Accept")
@@ -126,10 +141,19 @@ class SegmentWidget(QWidget):
         self.accept_button.clicked.connect(self.accept)
         clear_button = QPushButton("Clear")
         clear_button.setToolTip("Drop the prompts on this slice (Escape)")
-        clear_button.clicked.connect(self.clear)
+        clear_button.clicked.connect(lambda: self.clear())
         save_button = QPushButton("Save labels...")
         save_button.clicked.connect(lambda: self.save())
-        self.status = QLabel("Draw a box on a slice.")
+        self.cache_spin = QSpinBox()
+        self.cache_spin.setRange(16, 65536)
+        self.cache_spin.setSuffix(" MB")
+        self.cache_spin.setValue(DEFAULT_BUDGET_BYTES // MB)
+        self.cache_spin.setToolTip("Memory for cached slice embeddings (2 MB per slice)")
+        self.cache_spin.valueChanged.connect(self._on_cache_budget)
+        self.objects = QListWidget()
+        self.objects.setMaximumHeight(140)
+        self.objects.itemClicked.connect(self._on_object_clicked)
+        self.status = QLabel("Draw a box or click on a slice.")
         self.status.setWordWrap(True)
         self.status.setMinimumHeight(48)
 
@@ -142,13 +166,19 @@ class SegmentWidget(QWidget):
         row.addWidget(self.label_name)
         row.addWidget(new_button)
         form.addRow("Object id", row)
+        form.addRow("Cache", self.cache_spin)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.overwrite_check)
+        checks = QHBoxLayout()
+        checks.addWidget(self.negative_check)
+        checks.addWidget(self.overwrite_check)
+        layout.addLayout(checks)
         buttons = QHBoxLayout()
         for button in (self.accept_button, clear_button, save_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        layout.addWidget(QLabel("Objects"))
+        layout.addWidget(self.objects)
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.setToolTip(SHORTCUTS)
@@ -157,16 +187,21 @@ class SegmentWidget(QWidget):
         self.status.setText(text)
         logger.info(text)
 
+    def _start(self, function, *args, returned=None, errored=None):
+        """Run ``function`` on a worker thread; errors become notifications."""
+        connect = {"errored": errored or self._on_error}
+        if returned is not None:
+            connect["returned"] = returned
+        worker = create_worker(function, *args, _connect=connect, _start_thread=False)
+        worker.start()
+        return worker
+
     # ----------------------------------------------------------------- model
     def _load_model(self) -> None:
         from napari_medsam.engine import load_model
 
-        # errors connected at creation, so napari does not re-raise them as well
-        worker = create_worker(load_model, self.model_name, self.device,
-                               _connect={"returned": self._on_model_loaded,
-                                         "errored": self._on_error}, _start_thread=False)
-        worker.start()
-        self._model_worker = worker
+        self._model_worker = self._start(load_model, self.model_name, self.device,
+                                         returned=self._on_model_loaded)
 
     def _on_model_loaded(self, model) -> None:
         self.model = model
@@ -200,25 +235,34 @@ class SegmentWidget(QWidget):
 
     def _on_image_change(self, *_args) -> None:
         layer = self.image_layer
+        cache = self.session.cache if self.session is not None else None
         self.session = None
+        self.preview_ref, self.preview_mask = None, None
         if layer is None or self.model is None:
             return
-        self._ensure_prompt_layers(layer)
-        if id(layer) not in self._watched_layers:
-            layer.events.contrast_limits.connect(self._on_contrast_change)
-            self._watched_layers.add(id(layer))
-        self._make_session(layer)
-
-    def _make_session(self, layer: Image) -> None:
-        cache = self.session.cache if self.session is not None else None
+        boxes, clicks = add_prompt_layers(self.viewer, layer)
+        self._watch(boxes, clicks, layer)
+        self.viewer.layers.selection.active = boxes
+        boxes.mode = "add_rectangle"
         self.session = SegmentationSession(self.model, layer.data, mapping_for_layer(layer),
-                                           data_id=id(layer.data), cache=cache)
+                                           data_id=id(layer.data), cache=cache,
+                                           cache_bytes=self.cache_spin.value() * MB)
+        self.refresh_objects()
 
-    def _on_contrast_change(self, *_args) -> None:
-        layer = self.image_layer
-        if layer is not None and self.session is not None:
-            self.session.mapping = mapping_for_layer(layer)
-            self._schedule()
+    def _watch(self, boxes, clicks, image) -> None:
+        """Connect layer events once per layer."""
+        for layer, hook in ((boxes, self._schedule), (clicks, self._on_clicks_changed)):
+            if id(layer) in self._watched:
+                continue
+            self._watched.add(id(layer))
+            layer.events.data.connect(hook)
+            layer.bind_key("Enter", lambda _layer: self.accept(), overwrite=True)
+            layer.bind_key("Escape", lambda _layer: self.clear(), overwrite=True)
+            layer.bind_key("n", lambda _layer: self.new_object(), overwrite=True)
+            layer.bind_key("t", lambda _layer: self.negative_check.toggle(), overwrite=True)
+        if id(image) not in self._watched:
+            self._watched.add(id(image))
+            image.events.contrast_limits.connect(self._on_contrast_change)
 
     def set_window(self, name: str) -> None:
         """Apply a CT window preset or MRI normalisation by name to the image layer."""
@@ -234,31 +278,23 @@ class SegmentWidget(QWidget):
                                        max(layer.contrast_limits_range[1], mapping.high))
         layer.contrast_limits = mapping.contrast_limits  # triggers _on_contrast_change
 
-    def _geometry_kwargs(self, layer: Image) -> dict:
-        return {"scale": layer.scale, "translate": layer.translate}
+    def _on_contrast_change(self, *_args) -> None:
+        layer = self.image_layer
+        if layer is not None and self.session is not None:
+            self.session.mapping = mapping_for_layer(layer)
+            self._schedule()
 
-    def _ensure_prompt_layers(self, image: Image) -> None:
-        if BOXES_LAYER not in self.viewer.layers:
-            boxes = self.viewer.add_shapes(
-                ndim=3, name=BOXES_LAYER, edge_color="yellow", face_color="transparent",
-                edge_width=1.5, **self._geometry_kwargs(image))
-            boxes.events.data.connect(self._schedule)
-            boxes.bind_key("Enter", lambda _layer: self.accept(), overwrite=True)
-            boxes.bind_key("Escape", lambda _layer: self.clear(), overwrite=True)
-            boxes.bind_key("n", lambda _layer: self.new_object(), overwrite=True)
-        if PREVIEW_LAYER not in self.viewer.layers:
-            self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint8),
-                                   name=PREVIEW_LAYER, opacity=0.5,
-                                   **self._geometry_kwargs(image))
-        preview = self.viewer.layers[PREVIEW_LAYER]
-        if preview.data.shape != image.data.shape:  # another image was chosen
-            preview.data = np.zeros(image.data.shape, dtype=np.uint8)
-            self.preview_ref, self.preview_mask = None, None
-        for name in (BOXES_LAYER, PREVIEW_LAYER):
-            self.viewer.layers[name].scale = image.scale
-            self.viewer.layers[name].translate = image.translate
-        self.viewer.layers.selection.active = self.viewer.layers[BOXES_LAYER]
-        self.viewer.layers[BOXES_LAYER].mode = "add_rectangle"
+    def _on_cache_budget(self, value: int) -> None:
+        if self.session is not None:
+            self.session.cache.resize(value * MB)
+
+    def _on_click_sign(self, negative: bool) -> None:
+        if CLICKS_LAYER in self.viewer.layers:
+            self.viewer.layers[CLICKS_LAYER].feature_defaults = {"sign": 0 if negative else 1}
+
+    def _on_clicks_changed(self, *_args) -> None:
+        color_clicks(self.viewer.layers[CLICKS_LAYER])
+        self._schedule()
 
     def target_labels(self, create: bool = True) -> Labels | None:
         """The Labels layer that accepted masks go into (created with the image's geometry)."""
@@ -270,9 +306,11 @@ class SegmentWidget(QWidget):
             return self.viewer.layers[name]
         if not create:
             return None
-        return self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint16), name=name,
-                                      metadata=dict(image.metadata),
-                                      **self._geometry_kwargs(image))
+        labels = self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint16), name=name,
+                                        metadata=dict(image.metadata), scale=image.scale,
+                                        translate=image.translate)
+        labels.events.data.connect(lambda *_: self.refresh_objects())
+        return labels
 
     # ----------------------------------------------------------------- slices & prompts
     def current_slice(self) -> SliceRef | None:
@@ -297,56 +335,70 @@ class SegmentWidget(QWidget):
             self._schedule()
 
     def update_preview(self) -> None:
-        """Predict a mask for the boxes on the displayed slice, on a worker thread."""
+        """Predict the mask for the prompts on the displayed slice, on a worker thread.
+
+        A newer prompt supersedes an older run: its result is dropped when it arrives.
+        """
         ref = self.current_slice()
         if ref is None or BOXES_LAYER not in self.viewer.layers:
             return
-        boxes = boxes_on_slice(self.viewer.layers[BOXES_LAYER], ref)
         if self.session is None:
-            self._pending = (ref, boxes)
+            self._pending = True
             self._set_status("Waiting for the model...")
             return
-        self._pending = None
+        self._pending = False
+        boxes = boxes_on_slice(self.viewer.layers[BOXES_LAYER], ref)
+        positives, negatives = clicks_on_slice(self.viewer.layers[CLICKS_LAYER], ref)
         self._generation += 1
-        generation = self._generation
-        if not boxes:
-            self._show_preview((generation, ref, None))
+        self._stop_prefetch()
+        if not boxes and not positives:
+            self._show_preview((self._generation, ref, None))
             return
-        self._set_status(f"Segmenting slice {ref.index} (axis {ref.axis})...")
-        worker = create_worker(self._predict_job, generation, ref, boxes, self.session,
-                               _connect={"returned": self._show_preview,
-                                         "errored": self._on_error}, _start_thread=False)
-        worker.start()
-        self._predict_worker = worker
+        embedded = self.session.is_embedded(ref)
+        self._set_status(f"Segmenting slice {ref.index} (axis {ref.axis})"
+                         + ("..." if embedded else ", embedding it first..."))
+        self._predict_worker = self._start(self._predict_job, self._generation, ref, boxes,
+                                           positives, negatives, self.session,
+                                           returned=self._show_preview)
 
     @staticmethod
-    def _predict_job(generation, ref, boxes, session):
-        mask = None
-        for box in boxes:
-            prediction = session.predict(ref, box=box)
-            mask = prediction.mask if mask is None else (mask | prediction.mask)
-        return generation, ref, mask
+    def _predict_job(generation, ref, boxes, positives, negatives, session):
+        return generation, ref, session.predict_prompts(ref, boxes, positives, negatives)
 
     def _show_preview(self, result) -> None:
         generation, ref, mask = result
-        if generation != self._generation:
+        if generation != self._generation or PREVIEW_LAYER not in self.viewer.layers:
             return  # superseded by a newer prompt
-        preview = self.viewer.layers[PREVIEW_LAYER] if PREVIEW_LAYER in self.viewer.layers \
-            else None
-        if preview is None:
-            return
+        preview = self.viewer.layers[PREVIEW_LAYER]
         if self.preview_ref is not None:  # clear only the slice drawn last time
             old = [slice(None)] * 3
             old[self.preview_ref.axis] = self.preview_ref.index
             preview.data[tuple(old)] = 0
-        if mask is not None:
+        if mask is not None and ref is not None:
             index = [slice(None)] * 3
             index[ref.axis] = ref.index
             preview.data[tuple(index)] = mask.astype(np.uint8)
         preview.refresh()
         self.preview_ref, self.preview_mask = ref, mask
-        voxels = 0 if mask is None else int(mask.sum())
-        self._set_status(f"Preview on slice {ref.index}: {voxels} pixels. Enter to accept.")
+        if mask is not None:
+            self._set_status(f"Preview on slice {ref.index}: {int(mask.sum())} pixels. "
+                             "Enter to accept.")
+            self._start_prefetch(ref)
+
+    def _start_prefetch(self, ref: SliceRef) -> None:
+        """Embed the neighbouring slices while the user looks at the preview."""
+        if self.session is None:
+            return
+        self._prefetch_worker = create_worker(self.session.prefetch, ref, 2,
+                                              _connect={"errored": lambda exc: logger.warning(
+                                                  "prefetch failed: %s", exc)},
+                                              _start_thread=False)
+        self._prefetch_worker.start()
+
+    def _stop_prefetch(self) -> None:
+        if self._prefetch_worker is not None:
+            self._prefetch_worker.quit()
+            self._prefetch_worker = None
 
     # ----------------------------------------------------------------- objects
     def _update_label_name(self, *_args) -> None:
@@ -354,6 +406,22 @@ class SegmentWidget(QWidget):
         names = (labels.metadata.get("label_names") or {}) if labels is not None else {}
         value = self.label_spin.value()
         self.label_name.setText(str(names.get(value, names.get(str(value), ""))))
+        if labels is not None:
+            labels.selected_label = value
+
+    def refresh_objects(self) -> None:
+        """List the objects of the target labels with their voxel counts."""
+        self.objects.clear()
+        labels = self.target_labels(create=False)
+        if labels is None:
+            return
+        names = labels.metadata.get("label_names") or {}
+        for label_id, count in label_counts(labels.data).items():
+            name = names.get(label_id, names.get(str(label_id), ""))
+            self.objects.addItem(f"{label_id}  {name}  {count} voxels".replace("    ", "  "))
+
+    def _on_object_clicked(self, item) -> None:
+        self.label_spin.setValue(int(item.text().split()[0]))
 
     def new_object(self) -> int:
         """Switch to the next free label id."""
@@ -365,7 +433,7 @@ class SegmentWidget(QWidget):
     def accept(self) -> int:
         """Write the preview into the target labels as one undoable edit; returns voxels."""
         if self.preview_mask is None or self.preview_ref is None or not self.preview_mask.any():
-            show_warning("MedSAM: nothing to accept; draw a box first")
+            show_warning("MedSAM: nothing to accept; draw a box or click first")
             return 0
         labels = self.target_labels()
         ref = self.preview_ref
@@ -378,19 +446,22 @@ class SegmentWidget(QWidget):
         if edit.count:
             labels.data_setitem(edit.indices, edit.value)
         self.clear(ref)
+        self.refresh_objects()
         self._set_status(f"Accepted {edit.count} voxels as object {edit.value}.")
         return edit.count
 
     def clear(self, ref: SliceRef | None = None) -> None:
-        """Drop the boxes of slice ``ref`` (default: the displayed one) and the preview."""
+        """Drop the prompts of slice ``ref`` (default: the displayed one) and the preview."""
         ref = ref or self.current_slice()
-        if BOXES_LAYER in self.viewer.layers and ref is not None:
-            shapes = self.viewer.layers[BOXES_LAYER]
-            keep = [i for i, v in enumerate(shapes.data)
-                    if not np.allclose(np.asarray(v)[:, ref.axis], ref.index, atol=0.5)]
-            if len(keep) != len(shapes.data):
-                shapes.selected_data = set(range(len(shapes.data))) - set(keep)
-                shapes.remove_selected()
+        if ref is not None:
+            for name in (BOXES_LAYER, CLICKS_LAYER):
+                if name not in self.viewer.layers:
+                    continue
+                layer = self.viewer.layers[name]
+                keep = prompts_off_slice(layer, ref)
+                if len(keep) != len(layer.data):
+                    layer.selected_data = set(range(len(layer.data))) - set(keep)
+                    layer.remove_selected()
         self._generation += 1
         self._show_preview((self._generation, ref, None))
 

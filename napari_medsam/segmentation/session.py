@@ -90,3 +90,43 @@ class SegmentationSession:
         embedding = self.embedding(ref)
         with self._model_lock:
             return self.model.predict(embedding, box=box, points=points, mask_input=mask_input)
+
+    def predict_prompts(self, ref: SliceRef, boxes: Sequence[Box] = (),
+                        positives: Sequence[tuple[float, float]] = (),
+                        negatives: Sequence[tuple[float, float]] = ()) -> np.ndarray | None:
+        """The mask for all prompts on a slice (None when there is nothing to segment).
+
+        Boxes alone: the union of their masks. With clicks, the clicks are turned into a box
+        by :func:`~napari_medsam.segmentation.clicks.segment_clicks` (LiteMedSAM answers
+        boxes only), refined inside the last drawn box if there is one; other boxes add
+        their own masks.
+        """
+        boxes = list(boxes)
+        if not boxes and not positives:
+            return None
+        mask = None
+        if positives or negatives:
+            from .clicks import segment_clicks
+
+            embedding = self.embedding(ref)
+            with self._model_lock:
+                result = segment_clicks(self.model, embedding, list(positives),
+                                        list(negatives), box=boxes.pop() if boxes else None)
+            mask = np.asarray(result.mask, dtype=bool)
+        for box in boxes:
+            box_mask = self.predict(ref, box=box).mask
+            mask = box_mask if mask is None else (mask | box_mask)
+        return mask
+
+    def prefetch(self, ref: SliceRef, radius: int = 2):
+        """Embed the slices next to ``ref`` (nearest first); yields each index done.
+
+        A generator, so that a worker can stop it between slices when the user acts.
+        """
+        size = self.volume.shape[ref.axis]
+        for step in range(1, radius + 1):
+            for index in (ref.index + step, ref.index - step):
+                neighbour = SliceRef(ref.axis, index)
+                if 0 <= index < size and not self.is_embedded(neighbour):
+                    self.embedding(neighbour)
+                    yield index
