@@ -105,7 +105,7 @@ class SegmentWidget(QWidget):
         self._build_ui()
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
-        self._debounce.setInterval(60)
+        self._debounce.setInterval(0)  # coalesces the events of one loop pass, adds no delay
         self._debounce.timeout.connect(self.update_preview)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
