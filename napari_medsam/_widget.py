@@ -400,6 +400,13 @@ class SegmentWidget(QWidget):
             self._prefetch_worker.quit()
             self._prefetch_worker = None
 
+    def shutdown(self, timeout_ms: int = 10_000) -> None:
+        """Stop background embedding and wait for running workers (before closing)."""
+        from qtpy.QtCore import QThreadPool
+
+        self._stop_prefetch()
+        QThreadPool.globalInstance().waitForDone(timeout_ms)
+
     # ----------------------------------------------------------------- objects
     def _update_label_name(self, *_args) -> None:
         labels = self.target_labels(create=False)

@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_headless_workflow(viewer, widget, Path(args.out))
     finally:
+        widget.shutdown()
         viewer.close()
     print(f"demo: liver on slice {result['slice']}: {result['voxels']} voxels accepted, "
           f"Dice {result['dice_vs_reference']} vs reference, ran on {result['device']}")
