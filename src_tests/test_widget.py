@@ -33,7 +33,8 @@ def ready(make_napari_viewer, qtbot, litemedsam):
     widget = SegmentWidget(viewer, device="cpu")
     viewer.window.add_dock_widget(widget)
     qtbot.waitUntil(lambda: widget.session is not None, timeout=120_000)
-    return viewer, widget, layer, labels
+    yield viewer, widget, layer, labels
+    widget.shutdown()
 
 
 def _segment(viewer, widget, layer, qtbot, axis, index, mask2d):
