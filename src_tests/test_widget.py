@@ -106,3 +106,21 @@ def test_missing_model_is_a_clear_message_not_a_crash(make_napari_viewer, qtbot,
     assert "pip install 'napari-medsam[export]'" in widget.status.text()
     assert widget.model is None and widget.session is None
     assert len(viewer.layers) == 1  # nothing else touched
+
+
+def test_one_positive_click_segments_the_organ(ready, qtbot):
+    from scipy import ndimage
+
+    from napari_medsam._prompt_layers import CLICKS_LAYER
+
+    viewer, widget, layer, reference = ready
+    z = int((reference == SPLEEN).sum(axis=(1, 2)).argmax())
+    viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+    truth = reference[z] == SPLEEN
+    y, x = np.unravel_index(ndimage.distance_transform_edt(truth).argmax(), truth.shape)
+    widget.preview_mask = None
+    viewer.layers[CLICKS_LAYER].add([[z, y, x]])
+    qtbot.waitUntil(lambda: widget.preview_mask is not None, timeout=60_000)
+    assert dice(widget.preview_mask, truth) >= 0.8
+    assert widget.accept() > 0
+    assert len(viewer.layers[CLICKS_LAYER].data) == 0  # accepted: the slice's clicks go

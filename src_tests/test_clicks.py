@@ -1,0 +1,72 @@
+"""Clicks turned into masks by growing boxes (napari_medsam.segmentation.clicks), real CT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import dice, largest_slice, load_case, tight_box
+from scipy import ndimage
+
+from napari_medsam.segmentation.clicks import segment_clicks
+
+CASE = "totalseg_ct_abdomen_pelvis"
+
+
+def _interior(mask2d):
+    dist = ndimage.distance_transform_edt(mask2d)
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
+@pytest.fixture(scope="module")
+def ct():
+    _, ref, mapped = load_case(CASE)
+    return np.asarray(ref).astype(np.int64), mapped
+
+
+@pytest.mark.parametrize("label", [5, 1, 2])  # liver, spleen, kidney_right
+def test_single_click_close_to_tight_box(litemedsam, ct, label):
+    ref, mapped = ct
+    z = largest_slice(ref, label)
+    obj = ref[z] == label
+    emb = litemedsam.embed(mapped[z])
+    box_d = dice(litemedsam.predict(emb, box=tight_box(obj)).mask, obj)
+    res = segment_clicks(litemedsam, emb, [_interior(obj)])
+    assert res.calls <= 20
+    assert dice(res.mask, obj) >= box_d - 0.1, (dice(res.mask, obj), box_d)
+
+
+def test_negative_click_cuts_neighbour(litemedsam, ct):
+    ref, mapped = ct
+    z = largest_slice(ref, 2)  # kidney_right: a box round both kidneys takes both
+    right, left = ref[z] == 2, ref[z] == 3
+    if not left.any():
+        pytest.skip("no left kidney on this slice")
+    emb = litemedsam.embed(mapped[z])
+    both = tight_box(right | left)
+    without = segment_clicks(litemedsam, emb, [_interior(right)], box=both)
+    cut = segment_clicks(litemedsam, emb, [_interior(right)], [_interior(left)], box=both)
+    assert not cut.mask[_interior(left)[1], _interior(left)[0]]
+    assert (cut.mask & left).sum() <= 0.2 * max(1, (without.mask & left).sum())
+    assert dice(cut.mask, right) >= 0.7
+
+
+def test_box_plus_click(litemedsam, ct):
+    ref, mapped = ct
+    z = largest_slice(ref, 1)
+    obj = ref[z] == 1
+    emb = litemedsam.embed(mapped[z])
+    res = segment_clicks(litemedsam, emb, [_interior(obj)], box=tight_box(obj))
+    assert res.calls == 1 and dice(res.mask, obj) >= 0.8
+
+
+def test_click_outside_slice_raises(litemedsam, ct):
+    _, mapped = ct
+    emb = litemedsam.embed(mapped[mapped.shape[0] // 2])
+    rows, cols = emb.original_size
+    with pytest.raises(ValueError, match="outside the slice"):
+        segment_clicks(litemedsam, emb, [(cols, 5)])
+    with pytest.raises(ValueError, match="outside the slice"):
+        segment_clicks(litemedsam, emb, [(5, 5)], [(-1, 5)])
+    with pytest.raises(ValueError, match="positive click or a box"):
+        segment_clicks(litemedsam, emb, [])
