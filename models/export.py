@@ -205,7 +205,7 @@ def export_model(name: str = "litemedsam", *, checkpoint: str | Path | None = No
         if not diff <= PARITY_TOLERANCE:
             raise ExportError(f"exported decoder differs from PyTorch by {diff:.2e} "
                               f"(> {PARITY_TOLERANCE}); the ONNX files were not kept")
-        from .builders import file_sha256
+        from napari_medsam.engine.model_files import file_sha256
 
         shas = {"encoder": file_sha256(enc_path), "decoder": file_sha256(dec_path)}
         if builtin:

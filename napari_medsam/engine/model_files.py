@@ -19,9 +19,10 @@ class ModelFileError(RuntimeError):
     """A model file is missing or wrong; the message names the fix."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with Path(path).open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -35,7 +36,7 @@ def file_digest(path: Path) -> str:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _verified:
-        _verified[key] = _sha256(path)
+        _verified[key] = file_sha256(path)
     return _verified[key]
 
 
