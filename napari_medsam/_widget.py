@@ -86,6 +86,12 @@ def label_counts(data: np.ndarray) -> dict[int, int]:
     return {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i}
 
 
+def label_name(labels: Labels | None, label_id: int) -> str:
+    """The name of ``label_id`` in the layer's ``metadata["label_names"]`` (int or str keys)."""
+    names = (labels.metadata.get("label_names") or {}) if labels is not None else {}
+    return str(names.get(label_id, names.get(str(label_id), "")))
+
+
 class SegmentWidget(QWidget):
     """Dock widget: image, model/device, window, object id and list, preview, accept, save."""
 
@@ -410,9 +416,8 @@ class SegmentWidget(QWidget):
     # ----------------------------------------------------------------- objects
     def _update_label_name(self, *_args) -> None:
         labels = self.target_labels(create=False)
-        names = (labels.metadata.get("label_names") or {}) if labels is not None else {}
         value = self.label_spin.value()
-        self.label_name.setText(str(names.get(value, names.get(str(value), ""))))
+        self.label_name.setText(label_name(labels, value))
         if labels is not None:
             labels.selected_label = value
 
@@ -422,9 +427,8 @@ class SegmentWidget(QWidget):
         labels = self.target_labels(create=False)
         if labels is None:
             return
-        names = labels.metadata.get("label_names") or {}
         for label_id, count in label_counts(labels.data).items():
-            name = names.get(label_id, names.get(str(label_id), ""))
+            name = label_name(labels, label_id)
             self.objects.addItem(f"{label_id}  {name}  {count} voxels".replace("    ", "  "))
 
     def _on_object_clicked(self, item) -> None:
