@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BOXES_LAYER", "CLICKS_LAYER", "PREVIEW_LAYER", "SegmentWidget", "mapping_for_layer"]
 
+NEW_LABELS = "(new labels layer)"
 SHORTCUTS = ("Enter: accept preview   Escape: clear prompts on this slice   "
              "N: new object   T: toggle positive/negative clicks")
 MB = 1024**2
@@ -113,6 +114,10 @@ class SegmentWidget(QWidget):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(0)  # coalesces the events of one loop pass, adds no delay
         self._debounce.timeout.connect(self.update_preview)
+        self._objects_timer = QTimer(self)
+        self._objects_timer.setSingleShot(True)
+        self._objects_timer.setInterval(250)  # recount once painting or undoing pauses
+        self._objects_timer.timeout.connect(self.refresh_objects)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.dims.events.current_step.connect(self._on_slice_change)
@@ -133,6 +138,14 @@ class SegmentWidget(QWidget):
         self.label_spin = QSpinBox()
         self.label_spin.setRange(1, 2**31 - 1)
         self.label_name = QLabel("")
+        self.label_swatch = QLabel()
+        self.label_swatch.setFixedSize(16, 16)
+        self.label_swatch.setToolTip("Colour of the current object in the labels layer")
+        self.labels_combo = QComboBox()
+        self.labels_combo.setToolTip("Labels layer that accepted masks go into: an existing "
+                                     "layer of the image's shape, or a new one")
+        self.labels_combo.currentIndexChanged.connect(self._on_labels_picked)
+        self._labels_picked = False  # the user chose in the box (a new layer included)
         self.label_spin.valueChanged.connect(self._update_label_name)
         new_button = QPushButton("New object")
         new_button.setToolTip("Pick the next free label id (N)")
@@ -167,8 +180,10 @@ class SegmentWidget(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_label)
         form.addRow("Window", self.window_combo)
+        form.addRow("Labels", self.labels_combo)
         row = QHBoxLayout()
         row.addWidget(self.label_spin)
+        row.addWidget(self.label_swatch)
         row.addWidget(self.label_name)
         row.addWidget(new_button)
         form.addRow("Object id", row)
@@ -233,6 +248,7 @@ class SegmentWidget(QWidget):
         self.image_combo.blockSignals(False)
         if current not in names:
             self._on_image_change()
+        self._refresh_labels_choices()
 
     @property
     def image_layer(self) -> Image | None:
@@ -244,6 +260,7 @@ class SegmentWidget(QWidget):
         cache = self.session.cache if self.session is not None else None
         self.session = None
         self.preview_ref, self.preview_mask = None, None
+        self._refresh_labels_choices()
         if layer is None or self.model is None:
             return
         boxes, clicks = add_prompt_layers(self.viewer, layer)
@@ -302,20 +319,70 @@ class SegmentWidget(QWidget):
         color_clicks(self.viewer.layers[CLICKS_LAYER])
         self._schedule()
 
+    def _labels_candidates(self) -> list[str]:
+        """Labels layers that fit the image (same shape), the preview excluded."""
+        image = self.image_layer
+        if image is None:
+            return []
+        return [layer.name for layer in self.viewer.layers
+                if isinstance(layer, Labels) and layer.name != PREVIEW_LAYER
+                and tuple(layer.data.shape) == tuple(image.data.shape)]
+
+    def _refresh_labels_choices(self, select: str | None = None) -> None:
+        """Fill the Labels box; keep the choice, else prefer "<image> labels", else the first
+        fitting layer, else a new layer."""
+        names = self._labels_candidates()
+        current = select or self.labels_combo.currentText()
+        if current not in names and (current != NEW_LABELS or not self._labels_picked):
+            image = self.image_layer
+            default = f"{image.name} labels" if image is not None else ""
+            current = default if default in names else (names[0] if names else NEW_LABELS)
+        self.labels_combo.blockSignals(True)
+        self.labels_combo.clear()
+        self.labels_combo.addItems([*names, NEW_LABELS])
+        self.labels_combo.setCurrentText(current)
+        self.labels_combo.blockSignals(False)
+        self._on_labels_change()
+
+    def _on_labels_picked(self, *_args) -> None:
+        self._labels_picked = True
+        self._on_labels_change()
+
+    def _on_labels_change(self, *_args) -> None:
+        labels = self.target_labels(create=False)
+        if labels is not None and id(labels) not in self._watched:
+            self._watched.add(id(labels))
+            # paint: brush/fill; set_data: undo/redo (and slicing); data: replaced array
+            for event in (labels.events.paint, labels.events.set_data, labels.events.data):
+                event.connect(self._objects_changed)
+        self._update_label_name()
+        self.refresh_objects()
+
+    def _objects_changed(self, *_args) -> None:
+        self._objects_timer.start()
+
     def target_labels(self, create: bool = True) -> Labels | None:
-        """The Labels layer that accepted masks go into (created with the image's geometry)."""
+        """The Labels layer that accepted masks go into.
+
+        The layer chosen in the Labels box; with "New labels layer" and ``create``, a new
+        layer with the image's shape, scale, translate and metadata.
+        """
         image = self.image_layer
         if image is None:
             return None
-        name = f"{image.name} labels"
-        if name in self.viewer.layers:
+        name = self.labels_combo.currentText()
+        if name != NEW_LABELS and name in self.viewer.layers:
             return self.viewer.layers[name]
         if not create:
             return None
+        name = f"{image.name} labels"
+        suffix = 2
+        while name in self.viewer.layers:
+            name, suffix = f"{image.name} labels {suffix}", suffix + 1
         labels = self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint16), name=name,
                                         metadata=dict(image.metadata), scale=image.scale,
                                         translate=image.translate)
-        labels.events.data.connect(lambda *_: self.refresh_objects())
+        self._refresh_labels_choices(select=name)
         return labels
 
     # ----------------------------------------------------------------- slices & prompts
@@ -418,8 +485,14 @@ class SegmentWidget(QWidget):
         labels = self.target_labels(create=False)
         value = self.label_spin.value()
         self.label_name.setText(label_name(labels, value))
+        color = None
         if labels is not None:
             labels.selected_label = value
+            color = np.asarray(labels.get_color(value), dtype=float)
+        style = ("" if color is None else
+                 "background-color: rgba({}, {}, {}, {});".format(
+                     *(int(round(255 * c)) for c in color[:3]), float(color[3])))
+        self.label_swatch.setStyleSheet(style + "border: 1px solid gray;")
 
     def refresh_objects(self) -> None:
         """List the objects of the target labels with their voxel counts."""

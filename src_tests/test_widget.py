@@ -124,3 +124,37 @@ def test_one_positive_click_segments_the_organ(ready, qtbot):
     assert dice(widget.preview_mask, truth) >= 0.8
     assert widget.accept() > 0
     assert len(viewer.layers[CLICKS_LAYER].data) == 0  # accepted: the slice's clicks go
+
+
+def test_existing_labels_layer_and_object_list_follow_undo_and_paint(ready, qtbot):
+    from napari_medsam._widget import NEW_LABELS, label_counts
+
+    viewer, widget, layer, reference = ready
+    existing = viewer.add_labels(reference.copy(), name="previous session",
+                                 scale=layer.scale, translate=layer.translate)
+    # an existing layer of the image's shape becomes the target; the user can still pick new
+    assert widget.labels_combo.currentText() == "previous session"
+    assert widget.target_labels(create=False) is existing
+    assert NEW_LABELS in [widget.labels_combo.itemText(i)
+                          for i in range(widget.labels_combo.count())]
+    counts = label_counts(reference)
+    assert widget.objects.count() == len(counts)
+    assert widget.objects.item(0).text().startswith(f"{min(counts)} ")
+
+    new_id = widget.new_object()
+    assert new_id == int(reference.max()) + 1
+    z = int((reference == SPLEEN).sum(axis=(1, 2)).argmax())
+    _segment(viewer, widget, layer, qtbot, 0, z, reference[z] == SPLEEN)
+    listed = lambda: [int(widget.objects.item(i).text().split()[0])  # noqa: E731
+                      for i in range(widget.objects.count())]
+    # keep rule: the spleen's voxels already belong to object 1, so nothing of it changes
+    assert np.array_equal(existing.data[reference > 0], reference[reference > 0])
+    # painting with the brush and undoing keep the list in step with the data
+    painted = new_id + 1
+    assert painted not in listed()
+    existing.paint((z, 1, 1), painted)
+    qtbot.waitUntil(lambda: painted in listed(), timeout=5_000)
+    existing.undo()
+    qtbot.waitUntil(lambda: painted not in listed(), timeout=5_000)
+    existing.redo()
+    qtbot.waitUntil(lambda: painted in listed(), timeout=5_000)
