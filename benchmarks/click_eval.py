@@ -91,7 +91,7 @@ def evaluate(model, case, image, label, modality, labels):
             box = (x0, y0, min(cols_ - 1, max(x1, x0 + 1)), min(rows_ - 1, max(y1, y0 + 1)))
             box_vol[z] = model.predict(embs[z], box=box).mask
             t0 = time.perf_counter()
-            res = segment_clicks(model, embs[z], [interior_click(obj[z])])
+            res = segment_clicks(model, embs[z], [interior_click(obj[z])], image=mapped[z])
             seconds += time.perf_counter() - t0
             click_vol[z] = res.mask
             calls += res.calls

@@ -111,7 +111,8 @@ class SegmentationSession:
             embedding = self.embedding(ref)
             with self._model_lock:
                 result = segment_clicks(self.model, embedding, list(positives),
-                                        list(negatives), box=boxes.pop() if boxes else None)
+                                        list(negatives), box=boxes.pop() if boxes else None,
+                                        image=self.slice_image(ref))
             mask = np.asarray(result.mask, dtype=bool)
         for box in boxes:
             box_mask = self.predict(ref, box=box).mask
