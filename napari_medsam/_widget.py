@@ -41,6 +41,7 @@ from napari_medsam._prompt_layers import (
     color_clicks,
     prompts_off_slice,
 )
+from napari_medsam._volume_panel import VolumePanel
 from napari_medsam.engine.cache import DEFAULT_BUDGET_BYTES
 from napari_medsam.io.intensity import (
     CT_WINDOWS,
@@ -57,7 +58,7 @@ __all__ = ["BOXES_LAYER", "CLICKS_LAYER", "PREVIEW_LAYER", "SegmentWidget", "map
 
 NEW_LABELS = "(new labels layer)"
 SHORTCUTS = ("Enter: accept preview   Escape: clear prompts on this slice   "
-             "N: new object   T: toggle positive/negative clicks")
+             "N: new object   T: toggle positive/negative clicks   P: propagate the object in 3D")
 MB = 1024**2
 
 
@@ -198,6 +199,8 @@ class SegmentWidget(QWidget):
         for button in (self.accept_button, clear_button, save_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        self.volume_panel = VolumePanel(self)
+        layout.addWidget(self.volume_panel)
         layout.addWidget(QLabel("Objects"))
         layout.addWidget(self.objects)
         layout.addWidget(self.status)
@@ -283,6 +286,7 @@ class SegmentWidget(QWidget):
             layer.bind_key("Escape", lambda _layer: self.clear(), overwrite=True)
             layer.bind_key("n", lambda _layer: self.new_object(), overwrite=True)
             layer.bind_key("t", lambda _layer: self.negative_check.toggle(), overwrite=True)
+            layer.bind_key("p", lambda _layer: self.volume_panel.propagate(), overwrite=True)
         if id(image) not in self._watched:
             self._watched.add(id(image))
             image.events.contrast_limits.connect(self._on_contrast_change)
@@ -355,11 +359,19 @@ class SegmentWidget(QWidget):
             # paint: brush/fill; set_data: undo/redo (and slicing); data: replaced array
             for event in (labels.events.paint, labels.events.set_data, labels.events.data):
                 event.connect(self._objects_changed)
+            labels.events.paint.connect(self._on_paint)
         self._update_label_name()
         self.refresh_objects()
 
     def _objects_changed(self, *_args) -> None:
         self._objects_timer.start()
+
+    def _on_paint(self, *_args) -> None:
+        """A slice the user painted on is an anchor that propagation never overwrites."""
+        labels = self.target_labels(create=False)
+        ref = self.current_slice()
+        if labels is not None and ref is not None and labels.selected_label > 0:
+            self.volume_panel.add_anchor(int(labels.selected_label), ref.axis, ref.index)
 
     def target_labels(self, create: bool = True) -> Labels | None:
         """The Labels layer that accepted masks go into.
@@ -404,6 +416,8 @@ class SegmentWidget(QWidget):
 
     def _on_slice_change(self, *_args) -> None:
         ref = self.current_slice()
+        if ref is not None and self.image_layer is not None:
+            self.volume_panel.set_range(self.image_layer.data.shape[ref.axis], ref.index)
         if ref is not None and ref != self.preview_ref:
             self._schedule()
 
@@ -478,6 +492,7 @@ class SegmentWidget(QWidget):
         from qtpy.QtCore import QThreadPool
 
         self._stop_prefetch()
+        self.volume_panel.cancel()
         QThreadPool.globalInstance().waitForDone(timeout_ms)
 
     # ----------------------------------------------------------------- objects
@@ -529,6 +544,7 @@ class SegmentWidget(QWidget):
             return 0
         if edit.count:
             labels.data_setitem(edit.indices, edit.value)
+        self.volume_panel.add_anchor(edit.value, ref.axis, ref.index)
         self.clear(ref)
         self.refresh_objects()
         self._set_status(f"Accepted {edit.count} voxels as object {edit.value}.")

@@ -158,3 +158,74 @@ def test_existing_labels_layer_and_object_list_follow_undo_and_paint(ready, qtbo
     qtbot.waitUntil(lambda: painted not in listed(), timeout=5_000)
     existing.redo()
     qtbot.waitUntil(lambda: painted in listed(), timeout=5_000)
+
+
+def _wait_idle(panel, qtbot, timeout=300_000):
+    qtbot.waitUntil(lambda: not panel.running, timeout=timeout)
+
+
+def test_propagate_streams_then_accepts_as_one_undo_step(ready, qtbot):
+    viewer, widget, layer, reference = ready
+    z = int((reference == SPLEEN).sum(axis=(1, 2)).argmax())
+    _segment(viewer, widget, layer, qtbot, 0, z, reference[z] == SPLEEN)
+    target = widget.target_labels()
+    after_2d = target.data.copy()
+    panel = widget.volume_panel
+    panel.propagate()
+    assert panel.running
+    _wait_idle(panel, qtbot)
+    assert panel.pending is not None and panel.pending["kind"] == "slices"
+    masks = panel.pending["masks"]
+    assert z not in masks  # the anchor is never re-segmented
+    assert len([i for i, m in masks.items() if m.any()]) >= 10
+    assert np.array_equal(target.data, after_2d)  # nothing written before Accept 3D
+    changed = panel.accept()
+    assert changed > 0
+    spleen = reference == SPLEEN
+    assert dice(target.data == 1, spleen) >= 0.8
+    target.undo()  # one step takes the whole propagation back
+    assert np.array_equal(target.data, after_2d)
+
+
+def test_cancel_mid_propagation_leaves_labels_untouched(ready, qtbot):
+    viewer, widget, layer, reference = ready
+    z = int((reference == LIVER).sum(axis=(1, 2)).argmax())
+    _segment(viewer, widget, layer, qtbot, 0, z, reference[z] == LIVER)
+    target = widget.target_labels()
+    before = target.data.copy()
+    panel = widget.volume_panel
+    panel.propagate()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 3, timeout=120_000)
+    panel.cancel()
+    _wait_idle(panel, qtbot)
+    assert np.array_equal(target.data, before)
+    done = panel.pending["masks"]
+    assert 1 <= len(done) < (reference == LIVER).any(axis=(1, 2)).sum()
+    assert "cancelled" in panel.info.text()
+    panel.reject()
+    assert np.array_equal(target.data, before)
+    assert not viewer.layers["MedSAM preview"].data.any()
+
+
+def test_refine_shows_a_diff_and_accepts_per_label(ready, qtbot):
+    from scipy import ndimage
+
+    viewer, widget, layer, reference = ready
+    damaged = np.where(ndimage.binary_dilation(reference == SPLEEN, iterations=2)
+                       & (reference == 0), SPLEEN, reference).astype(np.uint16)
+    target = viewer.add_labels(damaged, name="damaged", scale=layer.scale,
+                               translate=layer.translate)
+    widget.labels_combo.setCurrentText("damaged")
+    widget.label_spin.setValue(SPLEEN)
+    z = int((reference == SPLEEN).sum(axis=(1, 2)).argmax())
+    viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+    panel = widget.volume_panel
+    panel.refine()
+    _wait_idle(panel, qtbot)
+    preview = viewer.layers["MedSAM preview"].data
+    assert (preview == 3).any()  # removed voxels shown
+    before = dice(target.data == SPLEEN, reference == SPLEEN)
+    panel.accept()
+    assert dice(target.data == SPLEEN, reference == SPLEEN) > before
+    others = (reference != SPLEEN) & (reference != 0)
+    assert np.array_equal(target.data[others], reference[others])  # other organs kept
