@@ -1,0 +1,213 @@
+"""3D propagation and 3D boxes on a real CT (a 12-slice crop of the upper abdomen)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import dice, load_case, tight_box
+
+from napari_medsam.io.intensity import auto_mapping
+from napari_medsam.segmentation import SegmentationSession, SliceRef
+from napari_medsam.segmentation.propagation import (
+    IntensityModel,
+    PropagationParams,
+    SliceResult,
+    StopRules,
+    box_range,
+    propagate,
+    propagate_volume,
+)
+
+CASE = "totalseg_ct_abdomen_pelvis"
+#: Axial slices 98..109: the liver runs through, the left kidney ends at 104 (crop index 6).
+CROP = slice(98, 110)
+LIVER, KIDNEY_LEFT = 5, 3
+
+
+_CROPS: dict[str, tuple] = {}
+
+
+def crop_session(model) -> tuple[SegmentationSession, np.ndarray]:
+    """(session on the cropped CT, cropped reference labels), made once per test run so that
+    this file and ``test_bulk.py`` embed each slice only once."""
+    if model.name not in _CROPS:
+        volume, reference, _ = load_case(CASE)
+        image = np.ascontiguousarray(volume.array[CROP])
+        mapping = auto_mapping(volume.array, volume.modality)  # the whole scan's window
+        _CROPS[model.name] = (SegmentationSession(model, image, mapping),
+                              np.asarray(reference[CROP]))
+    return _CROPS[model.name]
+
+
+@pytest.fixture
+def ct_crop(litemedsam):
+    return crop_session(litemedsam)
+
+
+def box_anchor(session, reference, label, index):
+    """The model's mask for a tight box on the reference (what a user would accept)."""
+    return session.predict(SliceRef(0, index), box=tight_box(reference[index] == label)).mask
+
+
+def test_propagation_follows_the_liver(ct_crop):
+    session, reference = ct_crop
+    liver = reference == LIVER
+    anchor_index = int(np.argmax(liver.sum(axis=(1, 2))))
+    anchor = box_anchor(session, reference, LIVER, anchor_index)
+    results = list(propagate(session, 0, {anchor_index: anchor}))
+    assert all(isinstance(r, SliceResult) for r in results)
+    indices = [r.index for r in results]
+    assert sorted(indices) == [i for i in range(12) if i != anchor_index]  # each slice once
+    volume = propagate_volume(session, 0, {anchor_index: anchor})
+    assert dice(volume, liver) > 0.92  # measured 0.95
+
+
+def test_propagation_stops_where_the_kidney_ends(ct_crop):
+    session, reference = ct_crop
+    kidney = reference == KIDNEY_LEFT
+    last = int(np.flatnonzero(kidney.any(axis=(1, 2)))[-1])  # crop index 6
+    results = list(propagate(session, 0, {0: box_anchor(session, reference, KIDNEY_LEFT, 0)}))
+    stops = [r for r in results if r.stopped]
+    assert len(stops) == 1 and stops[0].index <= last + 2
+    assert not stops[0].mask.any()
+    assert max(r.index for r in results) == stops[0].index  # nothing after the stop
+    volume = propagate_volume(session, 0, {0: box_anchor(session, reference, KIDNEY_LEFT, 0)})
+    assert not volume[last + 3:].any()
+    assert dice(volume, kidney) > 0.90  # measured 0.96
+
+
+def test_anchors_are_never_overwritten_and_gaps_are_filled(ct_crop):
+    session, reference = ct_crop
+    liver = reference == LIVER
+    anchors = {2: liver[2].copy(), 9: liver[9].copy()}
+    before = {k: v.copy() for k, v in anchors.items()}
+    results = list(propagate(session, 0, anchors, stop_at=(2, 9)))
+    assert sorted(r.index for r in results) == list(range(3, 9))
+    assert all(r.mask.any() and r.stopped is None for r in results)
+    for k in anchors:
+        np.testing.assert_array_equal(anchors[k], before[k])
+    volume = propagate_volume(session, 0, anchors, stop_at=(2, 9))
+    np.testing.assert_array_equal(volume[2], liver[2])
+    np.testing.assert_array_equal(volume[9], liver[9])
+    assert dice(volume[3:9], liver[3:9]) > 0.92  # measured 0.95
+
+
+def test_an_empty_anchor_is_a_barrier(ct_crop):
+    session, reference = ct_crop
+    liver = reference == LIVER
+    anchors = {5: liver[5], 8: np.zeros_like(liver[8])}
+    indices = {r.index for r in propagate(session, 0, anchors, stop_at=(3, 11))}
+    assert 8 not in indices and not any(i > 8 for i in indices)
+    assert {6, 7} <= indices
+
+
+def test_cancel_stops_between_slices_and_changes_nothing(ct_crop):
+    session, reference = ct_crop
+    anchor = (reference[6] == LIVER).copy()
+    volume_before = session.volume.copy()
+    anchor_before = anchor.copy()
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    gen = propagate(session, 0, {6: anchor}, cancel=cancel)
+    results = list(gen)
+    assert len(results) == 3
+    assert next(gen, None) is None  # the generator is finished
+    np.testing.assert_array_equal(anchor, anchor_before)
+    np.testing.assert_array_equal(session.volume, volume_before)
+
+
+def test_start_orders_the_slices_but_not_the_masks(ct_crop):
+    session, reference = ct_crop
+    anchor = reference[6] == LIVER
+    order = [r.index for r in propagate(session, 0, {6: anchor}, start=11,
+                                        stop_at=(3, 9))]
+    assert order[:3] == [7, 8, 9]
+    a = propagate_volume(session, 0, {6: anchor}, start=11, stop_at=(3, 9))
+    b = propagate_volume(session, 0, {6: anchor}, stop_at=(3, 9))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_box_range_covers_exactly_the_range(ct_crop):
+    session, reference = ct_crop
+    liver = reference == LIVER
+    ys, xs = np.nonzero(liver[2:10].any(axis=0))
+    box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    plain = list(box_range(session, 0, 5, box, 2, 9))
+    assert plain[0].index == 5 and plain[0].box == box
+    assert sorted(r.index for r in plain) == list(range(2, 10))
+    results = list(box_range(session, 0, 5, box, 2, 9, clip=True))
+    assert sorted(r.index for r in results) == list(range(2, 10))
+    volume = np.zeros_like(liver)
+    for r in results:
+        x0, y0, x1, y1 = box
+        assert not r.mask[:y0].any() and not r.mask[:, :x0].any()  # inside the 3D box
+        assert not r.mask[y1 + 1:].any() and not r.mask[:, x1 + 1:].any()
+        volume[r.index] = r.mask
+    assert dice(volume[2:10], liver[2:10]) > 0.92  # measured 0.96
+
+
+def test_stop_rules_are_relative():
+    rules = StopRules()
+    prev = np.zeros((20, 20), bool)
+    prev[5:10, 5:10] = True  # 25 px
+    assert rules.reason(prev, prev, 0.9, largest=25) is None
+    assert rules.reason(np.zeros_like(prev), prev, 0.9, largest=25) == "empty"
+    big = np.zeros_like(prev)
+    big[2:14, 2:14] = True
+    assert rules.reason(big, prev, 0.9, largest=25) == "area jump"
+    assert rules.reason(prev, prev, 0.9, largest=1000) == "tiny"
+    assert rules.reason(prev, prev, 0.9, largest=25, shift=2.5) == "intensity shift"
+    moved = np.zeros_like(prev)
+    moved[12:17, 12:17] = True
+    assert rules.reason(moved, prev, 0.9, largest=25) == "low overlap"
+    assert rules.reason(prev, prev, 0.2, largest=25) is None  # off by default
+    assert StopRules(min_iou=0.5).reason(prev, prev, 0.2, largest=25) == "low iou"
+
+
+def test_intensity_shift_is_in_anchor_standard_deviations():
+    image = np.full((10, 10), 100.0)
+    image[:, 5:] = 160.0
+    mask = np.zeros((10, 10), bool)
+    mask[:, 3:7] = True  # half at 100, half at 160: mean 130, std 30
+    model = IntensityModel.of(image, mask)
+    assert model.mean == pytest.approx(130) and model.std == pytest.approx(30)
+    right = np.zeros_like(mask)
+    right[:, 6:] = True
+    assert model.shift(image, right) == pytest.approx(1.0)
+    flat = IntensityModel.of(np.full((4, 4), 7.0), np.ones((4, 4), bool))
+    assert flat.std > 0  # a flat anchor still gives a finite shift
+
+
+def test_bad_input_raises_clear_errors(ct_crop):
+    session, reference = ct_crop
+    good = reference[6] == LIVER
+    with pytest.raises(ValueError, match="axis must be 0, 1 or 2"):
+        list(propagate(session, 3, {6: good}))
+    with pytest.raises(ValueError, match="has shape .* slices along axis 0 have shape"):
+        list(propagate(session, 0, {6: good[:-1]}))
+    with pytest.raises(ValueError, match="outside 0..11"):
+        list(propagate(session, 0, {12: good}))
+    with pytest.raises(ValueError, match="at least one anchor"):
+        list(propagate(session, 0, {}))
+    with pytest.raises(ValueError, match="every anchor mask is empty"):
+        list(propagate(session, 0, {6: np.zeros_like(good)}))
+    with pytest.raises(ValueError, match="first <= last"):
+        list(propagate(session, 0, {6: good}, stop_at=(9, 3)))
+    with pytest.raises(ValueError, match="outside the range"):
+        list(box_range(session, 0, 1, (10, 10, 40, 40), 2, 9))
+    with pytest.raises(ValueError, match="no area"):
+        list(box_range(session, 0, 5, (10, 10, 10, 40), 2, 9))
+    with pytest.raises(ValueError, match="not inside 0..11"):
+        list(box_range(session, 0, 5, (10, 10, 40, 40), 2, 12))
+
+
+def test_params_are_used(ct_crop):
+    session, reference = ct_crop
+    anchor = reference[6] == LIVER
+    strict = PropagationParams(stop=StopRules(min_iou=1.01))  # no mask is good enough
+    results = list(propagate(session, 0, {6: anchor}, params=strict))
+    assert len(results) == 2 and all(r.stopped == "low iou" for r in results)
