@@ -366,6 +366,7 @@ class VolumePanel(QGroupBox):
                 region[tuple(key)] = True
             edit = replace_object(labels.data, new, label, region=region, overwrite=overwrite)
         if edit.count:
+            labels.visible = True  # napari updates only visible layers' slices in place
             labels.data_setitem(edit.indices, edit.values)
         self.pending = None
         self._clear_preview()

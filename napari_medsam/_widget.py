@@ -333,14 +333,15 @@ class SegmentWidget(QWidget):
                 and tuple(layer.data.shape) == tuple(image.data.shape)]
 
     def _refresh_labels_choices(self, select: str | None = None) -> None:
-        """Fill the Labels box; keep the choice, else prefer "<image> labels", else the first
-        fitting layer, else a new layer."""
+        """Fill the Labels box: keep the user's choice, else "<image> labels" if it exists,
+        else a new layer (other layers only when the user picks them)."""
         names = self._labels_candidates()
         current = select or self.labels_combo.currentText()
         if current not in names and (current != NEW_LABELS or not self._labels_picked):
+            # never pick someone's layer (a reference, say) unasked: only our own default
             image = self.image_layer
             default = f"{image.name} labels" if image is not None else ""
-            current = default if default in names else (names[0] if names else NEW_LABELS)
+            current = default if default in names else NEW_LABELS
         self.labels_combo.blockSignals(True)
         self.labels_combo.clear()
         self.labels_combo.addItems([*names, NEW_LABELS])
@@ -543,6 +544,7 @@ class SegmentWidget(QWidget):
             show_error(f"MedSAM: {exc}")
             return 0
         if edit.count:
+            labels.visible = True  # napari updates only visible layers' slices in place
             labels.data_setitem(edit.indices, edit.value)
         self.volume_panel.add_anchor(edit.value, ref.axis, ref.index)
         self.clear(ref)

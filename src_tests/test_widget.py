@@ -132,8 +132,9 @@ def test_existing_labels_layer_and_object_list_follow_undo_and_paint(ready, qtbo
     viewer, widget, layer, reference = ready
     existing = viewer.add_labels(reference.copy(), name="previous session",
                                  scale=layer.scale, translate=layer.translate)
-    # an existing layer of the image's shape becomes the target; the user can still pick new
-    assert widget.labels_combo.currentText() == "previous session"
+    # another layer of the image's shape is offered but never picked unasked
+    assert widget.labels_combo.currentText() == NEW_LABELS
+    widget.labels_combo.setCurrentText("previous session")
     assert widget.target_labels(create=False) is existing
     assert NEW_LABELS in [widget.labels_combo.itemText(i)
                           for i in range(widget.labels_combo.count())]
