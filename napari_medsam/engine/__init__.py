@@ -13,8 +13,36 @@ __all__ = ["Embedding", "ModelFileError", "Prediction", "PromptError", "PromptMo
 
 
 def load_model(name: str = "litemedsam", device: str = "auto", *, threads: int | None = None,
-               auto_export: bool = True) -> PromptModel:
-    """Open model ``name`` from the registry on ``device`` ("auto", "cuda" or "cpu")."""
+               auto_export: bool = True, backend: str = "auto",
+               precision: str = "auto") -> PromptModel:
+    """Open model ``name`` from the registry.
+
+    Parameters
+    ----------
+    name
+        Registry name of the model.
+    device
+        ``"auto"``, ``"cuda"`` or ``"cpu"``.
+    threads
+        CPU threads for inference (default: the backend's choice, all cores).
+    auto_export
+        Export a missing built-in model on first use when the export extra is installed.
+    backend
+        ``"auto"`` (ONNX Runtime when a CUDA GPU really runs, else OpenVINO when installed,
+        else ONNX Runtime on the CPU), ``"onnxruntime"`` or ``"openvino"``; see
+        :func:`.backends.choose_backend`.
+    precision
+        OpenVINO's CPU precision: ``"auto"`` (f32), ``"f32"`` or ``"bf16"``. ONNX Runtime
+        always runs the exported float32 graph and ignores it.
+    """
+    from .backends import OPENVINO, choose_backend
+
+    spec = get_spec(name)
+    if choose_backend(backend, device) == OPENVINO:
+        from .openvino_model import OpenVINOPromptModel
+
+        return OpenVINOPromptModel(spec, device, precision=precision, threads=threads,
+                                   auto_export=auto_export)
     from .onnx_model import OnnxPromptModel
 
-    return OnnxPromptModel(get_spec(name), device, threads=threads, auto_export=auto_export)
+    return OnnxPromptModel(spec, device, threads=threads, auto_export=auto_export)

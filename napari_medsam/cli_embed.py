@@ -1,0 +1,123 @@
+"""``napari-medsam embed``: pre-embed every slice of a scan into the disk cache.
+
+Wired into :mod:`napari_medsam.cli` with :func:`add_embed_parser`::
+
+    napari-medsam embed IMAGE [--axis 0] [--backend auto] [--device auto] [--model NAME]
+    napari-medsam embed --info      # where the cache is, its size and volumes
+    napari-medsam embed --clear     # delete every stored embedding
+
+Opening the same scan in napari afterwards (same intensity window, model and axis) finds
+every slice embedded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+logger = logging.getLogger(__name__)
+
+
+def add_embed_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``embed`` command to ``napari-medsam``'s sub-command parsers."""
+    from napari_medsam.engine.backends import BACKENDS, PRECISIONS
+    from napari_medsam.engine.providers import DEVICES
+
+    p = subparsers.add_parser(
+        "embed", help="pre-compute every slice embedding of a scan into the disk cache",
+        description="Embed every slice of IMAGE along an axis (the middle slice first, then "
+                    "outward) and keep the embeddings on disk, so that segmenting the scan "
+                    "later needs no encoder run.")
+    p.add_argument("image", nargs="?", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("--axis", type=int, default=0, choices=[0, 1, 2],
+                   help="array axis the slices cut across (0: axial for z,y,x volumes)")
+    p.add_argument("--start", type=int, help="slice to start from (default: the middle one)")
+    p.add_argument("--window", help="intensity mapping: a CT preset, mr_percentile or minmax "
+                                    "(default: as napari-medsam opens the scan)")
+    p.add_argument("--model", default="litemedsam")
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    p.add_argument("--device", default="auto", choices=list(DEVICES))
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="OpenVINO CPU precision (auto = f32; bf16 is faster but moves masks)")
+    p.add_argument("--threads", type=int, help="CPU threads for inference")
+    p.add_argument("--info", action="store_true", help="show the disk cache and exit")
+    p.add_argument("--clear", action="store_true", help="delete every stored embedding")
+    p.set_defaults(func=cmd_embed)
+    return p
+
+
+def _print_info() -> None:
+    from napari_medsam.engine.disk_cache import cache_entries, embeddings_dir, format_bytes
+
+    entries = cache_entries()
+    total = sum(e.nbytes for e in entries)
+    print(f"embedding cache: {embeddings_dir()}")
+    print(f"  {len(entries)} volume(s), {format_bytes(total)}")
+    for entry in entries:
+        meta = entry.meta
+        shape = "x".join(str(v) for v in meta.get("shape", [])) or "?"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+        print(f"  {entry.path.name[:12]}  {shape:>13s} axis {meta.get('axis', '?')}  "
+              f"{entry.slices:4d} slices  {format_bytes(entry.nbytes):>9s}  "
+              f"{meta.get('model', '?')}/{meta.get('precision', '?')}  "
+              f"{meta.get('mapping', '?')}  used {when}")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Run ``napari-medsam embed`` (see the module docstring); returns the exit code."""
+    from napari_medsam.engine.disk_cache import clear_cache, embeddings_dir, format_bytes
+
+    if args.clear:
+        freed = clear_cache()
+        print(f"cleared {embeddings_dir()} ({format_bytes(freed)} freed)")
+    if args.info:
+        _print_info()
+    if (args.clear or args.info) and not args.image:
+        return 0
+    if not args.image:
+        from napari_medsam.cli import CliError
+
+        raise CliError("give an IMAGE to embed (or --info / --clear)", 2)
+
+    from napari_medsam.engine import load_model
+    from napari_medsam.engine.volume_embedding import VolumeEmbedder
+    from napari_medsam.io import auto_mapping, mapping_from_name, read_volume
+
+    volume = read_volume(args.image)
+    array = volume.array
+    mapping = (mapping_from_name(args.window, array) if args.window
+               else auto_mapping(array, volume.modality))
+    model = load_model(args.model, args.device, threads=args.threads, backend=args.backend,
+                       precision=args.precision)
+    print(f"{args.image}: {'x'.join(map(str, array.shape))} {array.dtype}, axis {args.axis}, "
+          f"{mapping.key}; {model.spec.display_name} on {model.device_name}")
+    start = time.perf_counter()
+    embedder = VolumeEmbedder(model, array, mapping, args.axis)
+    print(f"ready in {time.perf_counter() - start:.2f} s (image hash, model digest); "
+          f"{len(embedder.missing())} of {embedder.size} slices to encode "
+          f"({embedder.plan.kind}, {embedder.plan.in_flight} in flight)")
+    interactive = sys.stdout.isatty()
+    last_print = [0.0]
+
+    def report(progress) -> None:
+        now = time.perf_counter()
+        final = progress.done == progress.total
+        if interactive:
+            print(f"\r  {progress.describe():60s}", end="\n" if final else "", flush=True)
+        elif final or now - last_print[0] >= 5.0:
+            print(f"  {progress.describe()}", flush=True)
+            last_print[0] = now
+
+    try:
+        summary = embedder.run(args.start, progress=report)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the slices done so far are kept")
+        return 130
+    rate = f", {summary.slices_per_s:.2f} slices/s" if summary.encoded else ""
+    print(f"done: {summary.encoded} encoded, {summary.from_disk} already cached, "
+          f"{summary.wall_s:.1f} s{rate}")
+    print(f"cache: {summary.store_dir} ({format_bytes(summary.store_bytes)}); "
+          f"all volumes: {embeddings_dir()}")
+    return 0

@@ -1,0 +1,253 @@
+"""The OpenVINO implementation of :class:`~napari_medsam.engine.protocol.PromptModel`.
+
+It compiles the same ONNX files as :class:`~.onnx_model.OnnxPromptModel` for the CPU and
+shares its slice/prompt preprocessing and logit postprocessing (the very same methods), so
+only the two network calls differ.
+
+Interactive calls use an encoder compiled with the ``LATENCY`` hint (one stream, all
+threads). Whole-volume embedding (:meth:`OpenVINOPromptModel.iter_encode`) compiles a second
+encoder lazily with the ``THROUGHPUT`` hint and keeps several infer requests in flight.
+Compiled models are cached as blobs under ``<cache>/openvino`` (OpenVINO's ``CACHE_DIR``),
+which makes the next start faster.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
+
+import numpy as np
+
+from napari_medsam.models.registry import ModelSpec
+from napari_medsam.paths import cache_dir
+
+from . import backends
+from .model_files import ModelFileError, ensure_model_files
+from .onnx_model import OnnxPromptModel
+from .protocol import Embedding
+
+logger = logging.getLogger(__name__)
+
+LATENCY = "LATENCY"
+THROUGHPUT = "THROUGHPUT"
+
+
+def _compiled_precision(compiled) -> str:
+    """What a compiled model really computes in (``"f32"`` or ``"bf16"``)."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return str(getattr(value, "get_type_name", lambda: value)())
+
+
+class OpenVINOPromptModel:
+    """A SAM-style model compiled by OpenVINO for the CPU (encoder and decoder).
+
+    Parameters
+    ----------
+    spec
+        The registry entry (input size, preprocessing, files).
+    device
+        ``"auto"`` or ``"cpu"`` (OpenVINO's ``CPU`` device); ``"cuda"`` is refused.
+    precision
+        ``"auto"`` (:data:`.backends.DEFAULT_PRECISION`), ``"f32"`` or ``"bf16"`` for the
+        encoder; the decoder always runs in f32 (it is cheap and shapes the mask edge).
+    threads
+        ``INFERENCE_NUM_THREADS`` (default: OpenVINO's choice, all cores).
+    auto_export
+        Export a missing built-in model on first use when the export extra is installed.
+    compile_cache
+        Keep compiled blobs under ``<cache>/openvino`` (faster second start).
+    """
+
+    backend = backends.OPENVINO
+
+    # Identical slice/prompt handling: the ONNX Runtime model's own methods.
+    preprocess = OnnxPromptModel.preprocess
+    embed = OnnxPromptModel.embed
+    predict = OnnxPromptModel.predict
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", *, precision: str = "auto",
+                 threads: int | None = None, auto_export: bool = True,
+                 compile_cache: bool = True) -> None:
+        import openvino as ov
+
+        if device not in ("auto", "cpu"):
+            raise ValueError(f"OpenVINO runs on the CPU here; device {device!r} is not "
+                             "supported (use the onnxruntime backend for CUDA)")
+        self.spec = spec
+        self.name = spec.name
+        self.device = device
+        self.threads = threads
+        paths = ensure_model_files(spec, auto_export=auto_export)
+        self._paths = paths
+        choice = backends.choose_precision(precision)
+        self.native_bf16 = choice.native_bf16
+        self._core = ov.Core()
+        self.compile_dir = None
+        if compile_cache:
+            self.compile_dir = cache_dir() / "openvino"
+            try:
+                self.compile_dir.mkdir(parents=True, exist_ok=True)
+                self._core.set_property({"CACHE_DIR": str(self.compile_dir)})
+            except (OSError, RuntimeError) as exc:
+                logger.warning("OpenVINO compile cache disabled (%s): %s", self.compile_dir, exc)
+                self.compile_dir = None
+        start = time.perf_counter()
+        try:
+            self._encoder = self._compile("encoder", LATENCY, choice.hint)
+            self._decoder = self._compile("decoder", LATENCY, backends.F32)
+        except Exception as exc:  # openvino raises RuntimeError subclasses of its own
+            raise ModelFileError(
+                f"{spec.display_name}: OpenVINO cannot compile {paths['encoder'].parent}: "
+                f"{exc}. Fix: run `napari-medsam export-model --force`, or use "
+                f"--backend onnxruntime."
+            ) from exc
+        self.compile_seconds = time.perf_counter() - start
+        self.precision = _compiled_precision(self._encoder)
+        self._enc_request = self._encoder.create_infer_request()
+        self._dec_request = self._decoder.create_infer_request()
+        self._enc_lock = threading.Lock()
+        self._dec_lock = threading.Lock()
+        self._throughput = None
+        self._queue_jobs: int | None = None
+        self._throughput_lock = threading.Lock()
+        self._normalize = spec.preprocessing.get("normalize", "minmax")
+        low = spec.low_res_size
+        self._no_mask = np.zeros((1, 1, low, low), dtype=np.float32)
+        logger.info("%s runs on %s (compiled in %.1f s)", spec.name, self.device_name,
+                    self.compile_seconds)
+
+    def _compile(self, role: str, hint: str, precision: str, requests: int | None = None):
+        config: dict[str, object] = {"PERFORMANCE_HINT": hint,
+                                     "INFERENCE_PRECISION_HINT": precision}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        if requests:
+            config["PERFORMANCE_HINT_NUM_REQUESTS"] = int(requests)
+        return self._core.compile_model(str(self._paths[role]), "CPU", config)
+
+    # -- what runs -------------------------------------------------------------------------
+
+    @property
+    def providers(self) -> list[str]:
+        """What really runs, in the style of ONNX Runtime's provider names."""
+        return [f"OpenVINO-CPU-{self.precision}"]
+
+    @property
+    def device_name(self) -> str:
+        return f"CPU (OpenVINO {self.precision})"
+
+    @property
+    def encoder_threads(self) -> int:
+        """Threads of the interactive encoder (``INFERENCE_NUM_THREADS`` as compiled)."""
+        return int(self._encoder.get_property("INFERENCE_NUM_THREADS"))
+
+    # -- network calls ---------------------------------------------------------------------
+
+    def embed_preprocessed(self, tensor: np.ndarray, original_size: tuple[int, int],
+                           resized_size: tuple[int, int]) -> Embedding:
+        """Run the encoder on a preprocessed [1, 3, S, S] tensor."""
+        with self._enc_lock:  # outputs shared with the request: copied before the next call
+            result = self._enc_request.infer({0: np.ascontiguousarray(tensor, np.float32)},
+                                             share_outputs=True)
+            features = np.array(result[0], dtype=np.float32, copy=True)
+        return Embedding(features=features, original_size=tuple(original_size),
+                         resized_size=tuple(resized_size), input_size=self.spec.input_size,
+                         model=self.name)
+
+    def decode(self, embedding: Embedding, point_coords: np.ndarray, point_labels: np.ndarray,
+               mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw decoder call: low-res logits [1, 4, L, L] and IoU [1, 4]."""
+        if embedding.model != self.name:
+            raise ValueError(f"embedding was made by {embedding.model!r}, not {self.name!r}")
+        has_mask = mask_input is not None
+        mask = self._no_mask if not has_mask else \
+            np.asarray(mask_input, dtype=np.float32).reshape(self._no_mask.shape)
+        feeds = {
+            "image_embeddings": np.ascontiguousarray(embedding.features, dtype=np.float32),
+            "point_coords": np.ascontiguousarray(point_coords, dtype=np.float32),
+            "point_labels": np.ascontiguousarray(point_labels, dtype=np.float32),
+            "mask_input": mask,
+            "has_mask_input": np.array([1.0 if has_mask else 0.0], dtype=np.float32),
+        }
+        with self._dec_lock:
+            result = self._dec_request.infer(feeds, share_outputs=True)
+            low_res = np.array(result[0], dtype=np.float32, copy=True)
+            iou = np.array(result[1], dtype=np.float32, copy=True)
+        return low_res, iou
+
+    # -- whole volumes ---------------------------------------------------------------------
+
+    def throughput_encoder(self):
+        """The encoder compiled with the THROUGHPUT hint (compiled on first use)."""
+        with self._throughput_lock:
+            if self._throughput is None:
+                start = time.perf_counter()
+                hint = backends.BF16 if self.precision == "bf16" else backends.F32
+                self._throughput = self._compile("encoder", THROUGHPUT, hint)
+                jobs = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                self._queue_jobs = max(1, jobs)
+                logger.info("%s: throughput encoder compiled in %.1f s (%d streams, %d "
+                            "requests)", self.name, time.perf_counter() - start,
+                            int(self._throughput.get_property("NUM_STREAMS")), self._queue_jobs)
+            return self._throughput
+
+    def release_throughput(self) -> None:
+        """Drop the THROUGHPUT encoder and its requests' buffers (~150 MiB per stream)."""
+        with self._throughput_lock:
+            self._throughput = None
+
+    @property
+    def parallel_requests(self) -> int:
+        """Infer requests :meth:`iter_encode` keeps in flight (THROUGHPUT's optimum)."""
+        if self._queue_jobs is None:
+            self.throughput_encoder()
+        return int(self._queue_jobs)
+
+    def iter_encode(self, items: Iterable[tuple[Hashable, np.ndarray]]
+                    ) -> Iterator[tuple[Hashable, np.ndarray]]:
+        """Encode many preprocessed tensors with several infer requests in flight.
+
+        Parameters
+        ----------
+        items
+            ``(key, tensor)`` pairs; tensors are [1, 3, S, S] float32. Consumed lazily: the
+            next tensor is prepared while the previous ones run.
+
+        Yields
+        ------
+        (key, features)
+            As each request finishes (not necessarily in input order); features are float32
+            [1, 256, 64, 64]. Closing the generator waits for the requests in flight.
+        """
+        import openvino as ov
+
+        compiled = self.throughput_encoder()
+        queue = ov.AsyncInferQueue(compiled, self._queue_jobs)
+        done: deque[tuple[Hashable, np.ndarray]] = deque()
+        errors: list[BaseException] = []
+
+        def on_done(request, key) -> None:
+            try:
+                done.append((key, np.array(request.get_output_tensor(0).data, copy=True)))
+            except BaseException as exc:  # surfaced in the generator
+                errors.append(exc)
+
+        queue.set_callback(on_done)
+        try:
+            for key, tensor in items:
+                # blocks while every request is busy
+                queue.start_async({0: np.ascontiguousarray(tensor, np.float32)}, key)
+                while done:
+                    yield done.popleft()
+                if errors:
+                    raise errors[0]
+            queue.wait_all()
+            if errors:
+                raise errors[0]
+            while done:
+                yield done.popleft()
+        finally:
+            queue.wait_all()

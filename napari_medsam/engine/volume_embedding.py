@@ -1,0 +1,440 @@
+"""Embed every slice of a volume along an axis in the background, into the disk cache.
+
+Order: the current slice first, then outward (``start, start+1, start-1, start+2, ...``), so
+the slices the user is about to visit are ready first. Slices already in the disk cache are
+never encoded again. The work is cancellable between slices (a ``cancel`` callable, or simply
+closing the generator of :meth:`VolumeEmbedder.iter_embed`, which is what napari's
+``worker.quit()`` does), and reports progress with a rate and an ETA.
+
+How slices reach the encoder (:func:`encode_plan`):
+
+- OpenVINO: the current slice on the interactive LATENCY request (ready soonest), then
+  several infer requests in flight on an encoder compiled with the THROUGHPUT hint
+  (:meth:`~.openvino_model.OpenVINOPromptModel.iter_encode`; results arrive roughly in
+  order), when that measures faster than one LATENCY request at a time (see
+  :data:`OPENVINO_PARALLEL`);
+- ONNX Runtime on CUDA/TensorRT: a loop over the batch-1 encoder whose input is prepared on
+  a helper thread while the GPU runs the previous slice (the exported encoder has batch 1:
+  TinyViT's traced reshapes fix it, so one call per slice is the only option without a
+  re-export);
+- ONNX Runtime on the CPU: a plain loop (the session already uses every core).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import providers as prov
+from .disk_cache import DiskEmbeddingStore, prune
+from .preprocess import to_uint8
+from .protocol import Embedding
+
+logger = logging.getLogger(__name__)
+
+#: Whether OpenVINO embeds volumes with several requests in flight (THROUGHPUT hint) rather
+#: than one LATENCY request at a time; chosen from benchmarks/embed_volume.py (~15% less CPU
+#: time per slice on 2 cores). It costs ~150 MiB of buffers per stream while a volume is
+#: embedded, so it is only used with at least :data:`PARALLEL_MIN_FREE` bytes available.
+OPENVINO_PARALLEL = True
+PARALLEL_MIN_FREE = 3 * 1024**3
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """How a model's encoder is fed during whole-volume embedding.
+
+    Attributes
+    ----------
+    kind
+        ``"openvino-async"`` (several infer requests in flight), ``"pipelined-loop"``
+        (GPU: one batch-1 call per slice, the next input prepared meanwhile) or ``"loop"``.
+    in_flight
+        Slices being encoded at the same time.
+    input_shape
+        Shape of every encoder input (the exported encoder takes batch 1).
+    """
+
+    kind: str
+    in_flight: int
+    input_shape: tuple[int, int, int, int]
+
+
+def encode_plan(model, parallel: bool | None = None) -> EncodePlan:
+    """The :class:`EncodePlan` for ``model`` (see the module docstring).
+
+    Parameters
+    ----------
+    model
+        A prompt model; OpenVINO models offer ``iter_encode``, ONNX Runtime ones report
+        their execution ``providers``.
+    parallel
+        Force (True) or forbid (False) several OpenVINO requests in flight; None uses
+        :data:`OPENVINO_PARALLEL` when :data:`PARALLEL_MIN_FREE` bytes are available.
+    """
+    size = int(model.spec.input_size)
+    shape = (1, 3, size, size)
+    if parallel is None:
+        from .backends import available_memory_bytes
+
+        free = available_memory_bytes()
+        parallel = OPENVINO_PARALLEL and (free is None or free >= PARALLEL_MIN_FREE)
+    use_parallel = parallel
+    if hasattr(model, "iter_encode") and use_parallel:
+        return EncodePlan("openvino-async", int(model.parallel_requests), shape)
+    first = (list(getattr(model, "providers", [])) or [prov.CPU])[0]
+    if first in (prov.CUDA, prov.TENSORRT):
+        return EncodePlan("pipelined-loop", 1, shape)
+    return EncodePlan("loop", 1, shape)
+
+
+def slice_order(size: int, start: int) -> list[int]:
+    """``start`` first, then outward: start, start+1, start-1, start+2, start-2, ..."""
+    if size <= 0:
+        return []
+    start = min(max(int(start), 0), size - 1)
+    order = [start]
+    for step in range(1, size):
+        for index in (start + step, start - step):
+            if 0 <= index < size:
+                order.append(index)
+    return order
+
+
+@dataclass(frozen=True)
+class EmbedProgress:
+    """Where a volume embedding stands after one more slice.
+
+    Attributes
+    ----------
+    index
+        The slice just finished.
+    done, total
+        Slices ready (encoded or found on disk) and slices along the axis.
+    encoded
+        Encoder calls so far (slices found on disk cost none).
+    from_disk
+        Slices found in the disk cache.
+    elapsed_s
+        Seconds since the start.
+    rate
+        Encoded slices per second so far (0 before the first).
+    eta_s
+        Estimated seconds left (None until a rate is known).
+    """
+
+    index: int
+    done: int
+    total: int
+    encoded: int
+    from_disk: int
+    elapsed_s: float
+    rate: float
+    eta_s: float | None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    def describe(self) -> str:
+        """One line for a status bar: ``"37/112 slices, 2.9 slices/s, ETA 26 s"``."""
+        text = f"{self.done}/{self.total} slices"
+        if self.rate > 0:
+            text += f", {self.rate:.1f} slices/s"
+        if self.eta_s is not None and self.done < self.total:
+            text += f", ETA {self.eta_s:.0f} s"
+        return text
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    """The outcome of :meth:`VolumeEmbedder.run`."""
+
+    total: int
+    done: int
+    encoded: int
+    from_disk: int
+    cancelled: bool
+    wall_s: float
+    plan: EncodePlan
+    store_dir: Path | None
+    store_bytes: int
+
+    @property
+    def slices_per_s(self) -> float:
+        return self.encoded / self.wall_s if self.wall_s > 0 and self.encoded else 0.0
+
+
+class VolumeEmbedder:
+    """Embeds every slice of a volume along one axis (see the module docstring).
+
+    Parameters
+    ----------
+    model
+        A prompt model (ONNX Runtime or OpenVINO).
+    volume
+        The raw image array (3D); slices are taken one at a time (no full-volume copy).
+    mapping
+        The intensity mapping the model sees (``apply(slice) -> uint8`` and ``key``); None
+        when the volume is already 0..255.
+    axis
+        Axis the slices cut across.
+    store
+        Where the embeddings go: a :class:`~.disk_cache.DiskEmbeddingStore`, ``"auto"``
+        (the store for this volume/axis/mapping/model in the user cache) or None (memory
+        only).
+    cache, cache_key
+        Optionally also fill an in-memory :class:`~.cache.EmbeddingCache`, with
+        ``cache_key(index)`` as key (e.g. the session's ``cache_key(SliceRef(axis, i))``).
+        Slices are added only while the cache has room, so the ones nearest the start stay
+        in memory and the rest is read back from disk when visited.
+    parallel
+        See :func:`encode_plan`.
+    disk_limit
+        Prune the disk cache to this many bytes before starting (None: no pruning); the
+        volume being filled is kept.
+    image_digest
+        :func:`~.disk_cache.array_digest` of ``volume`` when already known.
+    release_after
+        Free OpenVINO's THROUGHPUT encoder when done (its per-stream buffers, ~150 MiB
+        each; recompiling takes ~0.5 s from the compile cache).
+    """
+
+    def __init__(self, model, volume: np.ndarray, mapping=None, axis: int = 0, *,
+                 store: DiskEmbeddingStore | str | None = "auto", cache=None,
+                 cache_key: Callable[[int], Hashable] | None = None,
+                 parallel: bool | None = None, disk_limit: int | None = None,
+                 image_digest: str | None = None, release_after: bool = True) -> None:
+        if np.ndim(volume) != 3:
+            raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
+        if not 0 <= axis < 3:
+            raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+        if cache is not None and cache_key is None:
+            raise ValueError("cache_key is needed to fill an in-memory cache")
+        self.model = model
+        self.volume = volume
+        self.mapping = mapping
+        self.axis = int(axis)
+        self.size = int(np.shape(volume)[axis])
+        mapping_key = getattr(mapping, "key", "none") if mapping is not None else "none"
+        if store == "auto":
+            store = DiskEmbeddingStore.for_volume(volume, axis, mapping_key, model,
+                                                  image_digest=image_digest)
+        self.store: DiskEmbeddingStore | None = store
+        self.cache = cache
+        self.cache_key = cache_key
+        self.plan = encode_plan(model, parallel)
+        self.disk_limit = disk_limit
+        self.release_after = release_after
+        self.encoder_calls = 0
+        shape = list(np.shape(volume))
+        shape.pop(self.axis)
+        self.original_size = (int(shape[0]), int(shape[1]))
+        self._resized: tuple[int, int] | None = None
+        self._running = threading.Event()
+        self._running.set()
+
+    # -- sharing the CPU with interactive work ---------------------------------------------
+
+    def pause(self) -> None:
+        """Feed no new slice to the encoder until :meth:`resume` (slices in flight finish).
+
+        Call it while the user draws or a prompt is decoded, so that the interactive calls
+        get the cores; thread-safe.
+        """
+        self._running.clear()
+
+    def resume(self) -> None:
+        """Continue after :meth:`pause`."""
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def _wait_while_paused(self, cancel: Callable[[], bool] | None) -> bool:
+        """Block while paused; False when cancelled meanwhile."""
+        while not self._running.wait(0.05):
+            if cancel is not None and cancel():
+                return False
+        return True
+
+    # -- one slice ---------------------------------------------------------------------------
+
+    def slice_image(self, index: int) -> np.ndarray:
+        """Slice ``index`` as the model sees it (uint8)."""
+        raw = np.take(self.volume, index, axis=self.axis)
+        return self.mapping.apply(raw) if self.mapping is not None else to_uint8(raw)
+
+    def _prepare(self, index: int) -> tuple[int, np.ndarray]:
+        tensor, resized = self.model.preprocess(self.slice_image(index))
+        self._resized = tuple(resized)
+        return index, tensor
+
+    def _embedding(self, features: np.ndarray) -> Embedding:
+        return Embedding(features=features, original_size=self.original_size,
+                         resized_size=self._resized, input_size=self.model.spec.input_size,
+                         model=self.model.name)
+
+    def _keep(self, index: int, embedding: Embedding) -> None:
+        if self.cache is None:
+            return
+        if self.cache.nbytes + embedding.features.size * 2 <= self.cache.max_bytes:
+            self.cache.put(self.cache_key(index), embedding)
+
+    def _in_memory(self, index: int) -> Embedding | None:
+        if self.cache is None:
+            return None
+        key = self.cache_key(index)
+        return self.cache.get(key) if key in self.cache else None
+
+    # -- the whole axis ----------------------------------------------------------------------
+
+    def missing(self) -> list[int]:
+        """Slices not yet in the disk store (all of them without a store)."""
+        if self.store is None:
+            return list(range(self.size))
+        have = set(self.store.indices())
+        return [i for i in range(self.size) if i not in have]
+
+    def iter_embed(self, start: int | None = None, *,
+                   cancel: Callable[[], bool] | None = None) -> Iterator[EmbedProgress]:
+        """Embed the axis (``start`` first, then outward), yielding progress per slice.
+
+        Parameters
+        ----------
+        start
+            The current slice (default: the middle one).
+        cancel
+            Called between slices; embedding stops when it returns True (slices already in
+            flight are finished and stored). Closing the generator stops it too (slices in
+            flight are finished but dropped).
+        """
+        begin = time.perf_counter()
+        order = slice_order(self.size, self.size // 2 if start is None else start)
+        if self.store is not None and self.disk_limit is not None:
+            prune(self.disk_limit, self.store.root, keep=self.store.directory)
+        done = from_disk = 0
+        encoded_at_start = self.encoder_calls
+        todo: list[int] = []
+        stored = set(self.store.indices()) if self.store is not None else set()
+        for index in order:
+            if index in stored:
+                from_disk += 1
+                done += 1
+                if self.cache is not None and self.cache.nbytes < self.cache.max_bytes:
+                    found = self.store.get(index)
+                    if found is not None:
+                        self._keep(index, found)
+                yield EmbedProgress(index, done, self.size, 0, from_disk,
+                                    time.perf_counter() - begin, 0.0, None)
+            elif (held := self._in_memory(index)) is not None:
+                if self.store is not None:  # embedded interactively: save it, don't encode
+                    self.store.put(index, held)
+                done += 1
+                yield EmbedProgress(index, done, self.size, 0, from_disk,
+                                    time.perf_counter() - begin, 0.0, None)
+            else:
+                todo.append(index)
+        if not todo:
+            return
+        encode_begin = time.perf_counter()
+
+        def inputs() -> Iterator[tuple[int, np.ndarray]]:
+            for index in todo:
+                if not self._wait_while_paused(cancel) or (cancel is not None and cancel()):
+                    logger.info("Volume embedding cancelled")
+                    return
+                yield self._prepare(index)
+
+        encoder = self._encode(inputs())
+        try:
+            yield from self._store_all(encoder, todo, begin, encode_begin, done, from_disk,
+                                       encoded_at_start)
+        finally:
+            encoder.close()
+            if self.plan.kind == "openvino-async" and self.release_after:
+                self.model.release_throughput()  # its buffers are only needed meanwhile
+
+    def _store_all(self, encoder, todo, begin, encode_begin, done, from_disk,
+                   encoded_at_start) -> Iterator[EmbedProgress]:
+        for index, features in encoder:
+            self.encoder_calls += 1
+            embedding = self._embedding(features)
+            if self.store is not None:
+                self.store.put(index, embedding)
+            self._keep(index, embedding)
+            done += 1
+            encoded = self.encoder_calls - encoded_at_start
+            spent = time.perf_counter() - encode_begin
+            rate = encoded / spent if spent > 0 else 0.0
+            left = len(todo) - encoded
+            yield EmbedProgress(index, done, self.size, encoded, from_disk,
+                                time.perf_counter() - begin, rate,
+                                left / rate if rate > 0 else None)
+
+    def _encode(self, inputs: Iterator[tuple[int, np.ndarray]]
+                ) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, features) for each prepared input, by the model's :class:`EncodePlan`."""
+        size = self.original_size
+        if self.plan.kind == "openvino-async":
+            # the current slice alone on the LATENCY request (all cores: ready soonest), then
+            # the rest with several requests in flight (finishing roughly in order)
+            first = next(inputs, None)
+            if first is None:
+                return
+            index, tensor = first
+            yield index, self.model.embed_preprocessed(tensor, size, self._resized).features
+            yield from self.model.iter_encode(inputs)
+            return
+        if self.plan.kind == "pipelined-loop":
+            with ThreadPoolExecutor(1, thread_name_prefix="medsam-prep") as pool:
+                pending = pool.submit(next, inputs, None)
+                while True:
+                    item = pending.result()
+                    if item is None:
+                        return
+                    pending = pool.submit(next, inputs, None)
+                    index, tensor = item
+                    emb = self.model.embed_preprocessed(tensor, size, self._resized)
+                    yield index, emb.features
+        for index, tensor in inputs:
+            yield index, self.model.embed_preprocessed(tensor, size, self._resized).features
+
+    def run(self, start: int | None = None, *,
+            progress: Callable[[EmbedProgress], None] | None = None,
+            cancel: Callable[[], bool] | None = None) -> EmbedSummary:
+        """Embed the whole axis; ``progress`` is called after every slice."""
+        begin = time.perf_counter()
+        calls = self.encoder_calls
+        last = None
+        for last in self.iter_embed(start, cancel=cancel):
+            if progress is not None:
+                progress(last)
+        done = last.done if last is not None else self.size - len(self.missing())
+        from_disk = last.from_disk if last is not None else 0
+        store_dir = self.store.directory if self.store is not None else None
+        return EmbedSummary(total=self.size, done=done, encoded=self.encoder_calls - calls,
+                            from_disk=from_disk, cancelled=done < self.size,
+                            wall_s=time.perf_counter() - begin, plan=self.plan,
+                            store_dir=store_dir,
+                            store_bytes=self.store.nbytes if self.store is not None else 0)
+
+
+def embed_volume(model, volume: np.ndarray, mapping=None, axis: int = 0, *,
+                 start: int | None = None,
+                 progress: Callable[[EmbedProgress], None] | None = None,
+                 cancel: Callable[[], bool] | None = None, **kwargs) -> EmbedSummary:
+    """Embed every slice of ``volume`` along ``axis`` into the disk cache.
+
+    A shortcut for ``VolumeEmbedder(model, volume, mapping, axis, **kwargs).run(...)``.
+    """
+    embedder = VolumeEmbedder(model, volume, mapping, axis, **kwargs)
+    return embedder.run(start, progress=progress, cancel=cancel)
