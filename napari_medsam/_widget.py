@@ -272,7 +272,8 @@ class SegmentWidget(QWidget):
         boxes.mode = "add_rectangle"
         self.session = SegmentationSession(self.model, layer.data, mapping_for_layer(layer),
                                            data_id=id(layer.data), cache=cache,
-                                           cache_bytes=self.cache_spin.value() * MB)
+                                           cache_bytes=self.cache_spin.value() * MB,
+                                           disk_cache=True)
         self.refresh_objects()
 
     def _watch(self, boxes, clicks, image) -> None:

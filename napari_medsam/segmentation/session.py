@@ -42,11 +42,15 @@ class SegmentationSession:
         Identifies the volume's contents in cache keys (e.g. ``id`` of the layer data).
     cache_bytes
         Memory budget of the embedding cache.
+    disk_cache
+        Also keep embeddings on disk (fp16, keyed by the image's contents, axis, mapping
+        and model; see :mod:`napari_medsam.engine.disk_cache`), so that re-opening the same
+        scan needs no encoder run.
     """
 
     def __init__(self, model: PromptModel, volume: np.ndarray, mapping, *,
                  data_id: object | None = None, cache_bytes: int = DEFAULT_BUDGET_BYTES,
-                 cache: EmbeddingCache | None = None) -> None:
+                 cache: EmbeddingCache | None = None, disk_cache: bool = False) -> None:
         if np.ndim(volume) != 3:
             raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
         self.model = model
@@ -56,6 +60,10 @@ class SegmentationSession:
         self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
         self._model_lock = threading.Lock()
         self.encoder_calls = 0
+        self.disk_cache = disk_cache
+        self._stores: dict[tuple[int, str], object] = {}
+        self._digest: str | None = None
+        self._store_lock = threading.Lock()
 
     def slice_image(self, ref: SliceRef) -> np.ndarray:
         """The slice as the model sees it (uint8 after the intensity mapping)."""
@@ -73,12 +81,39 @@ class SegmentationSession:
         """The slice's embedding, computed once and then taken from the cache."""
 
         def compute() -> Embedding:
+            store = self._store(ref.axis)
+            if store is not None:
+                stored = store.get(ref.index)
+                if stored is not None:
+                    return stored
             image = self.slice_image(ref)
             with self._model_lock:
                 self.encoder_calls += 1
-                return self.model.embed(image)
+                embedding = self.model.embed(image)
+            if store is not None:
+                try:
+                    store.put(ref.index, embedding)
+                except OSError as exc:  # a full disk must not stop segmentation
+                    logger.warning("embedding not written to the disk cache: %s", exc)
+            return embedding
 
         return self.cache.get_or_compute(self.cache_key(ref), compute)
+
+    def _store(self, axis: int):
+        """The disk store of ``axis`` under the current mapping (None when disabled)."""
+        if not self.disk_cache or not hasattr(self.model, "spec"):
+            return None
+        from napari_medsam.engine.disk_cache import DiskEmbeddingStore, array_digest
+
+        key = (axis, str(self.mapping.key))
+        with self._store_lock:
+            if key not in self._stores:
+                if self._digest is None:
+                    self._digest = array_digest(np.asarray(self.volume))
+                self._stores[key] = DiskEmbeddingStore.for_volume(
+                    self.volume, axis, str(self.mapping.key), self.model,
+                    image_digest=self._digest)
+            return self._stores[key]
 
     def is_embedded(self, ref: SliceRef) -> bool:
         return self.cache_key(ref) in self.cache
