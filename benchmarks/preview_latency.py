@@ -20,13 +20,16 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--prompt", choices=["box", "click"], default="box",
+                        help="a box on the liver, or one positive click inside it")
     parser.add_argument("--json")
     args = parser.parse_args()
 
     import napari
     from qtpy.QtWidgets import QApplication
+    from scipy import ndimage
 
-    from napari_medsam._prompt_layers import BOXES_LAYER
+    from napari_medsam._prompt_layers import BOXES_LAYER, CLICKS_LAYER
     from napari_medsam._sample_data import sample_ct
     from napari_medsam._widget import SegmentWidget
     from napari_medsam.segmentation import SliceRef
@@ -50,14 +53,22 @@ def main() -> None:
     widget.session.embedding(SliceRef(0, z))  # cached, as after the first prompt
     ys, xs = np.nonzero(labels[z] == 5)
     boxes = viewer.layers[BOXES_LAYER]
+    clicks = viewer.layers[CLICKS_LAYER]
+    depth = ndimage.distance_transform_edt(labels[z] == 5)
+    inside = np.argwhere(depth >= 0.5 * depth.max())  # clicks near the middle of the liver
     times, drawn = [], []
     for i in range(args.repeats + 3):
         jitter = i % 4
-        y0, y1, x0, x1 = ys.min() - jitter, ys.max() + jitter, xs.min() - jitter, xs.max()
-        rect = np.array([[[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]]], dtype=float)
         widget.preview_mask = None
-        start = time.perf_counter()
-        boxes.add_rectangles(rect)
+        if args.prompt == "box":
+            y0, y1, x0, x1 = ys.min() - jitter, ys.max() + jitter, xs.min() - jitter, xs.max()
+            rect = np.array([[[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]]], dtype=float)
+            start = time.perf_counter()
+            boxes.add_rectangles(rect)
+        else:
+            y, x = inside[(i * 7919) % len(inside)]
+            start = time.perf_counter()
+            clicks.add([[z, y, x]])
         wait(lambda: widget.preview_mask is not None)
         ready = time.perf_counter() - start  # preview layer data updated and refreshed
         QApplication.processEvents()  # let the canvas repaint
@@ -66,13 +77,14 @@ def main() -> None:
             times.append(ready * 1000)
             drawn.append(painted * 1000)
         boxes.data = []
+        clicks.data = np.empty((0, 3))
         wait(lambda: widget.preview_mask is None)
     result = {"median_ms": round(statistics.median(times), 1),
               "p90_ms": round(float(np.percentile(times, 90)), 1),
               "median_with_repaint_ms": round(statistics.median(drawn), 1),
               "repeats": len(times), "device": widget.model.device_name,
-              "embedding_cached": True}
-    print(f"prompt -> preview layer updated (cached embedding): median {result['median_ms']} "
+              "embedding_cached": True, "prompt": args.prompt}
+    print(f"{args.prompt} -> preview updated (cached embedding): median {result['median_ms']} "
           f"ms, p90 {result['p90_ms']} ms; including the canvas repaint: median "
           f"{result['median_with_repaint_ms']} ms ({len(times)} prompts, {result['device']})")
     if args.json:
