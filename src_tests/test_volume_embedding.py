@@ -262,14 +262,17 @@ def test_other_axes_store_their_own_sizes(ct, tmp_path):
     assert embedding.resized_size == direct.resized_size
 
 
-def test_embed_command_fills_shows_and_clears_the_cache(monkeypatch, capsys, model_cache):
+def test_embed_command_fills_shows_and_clears_the_cache(monkeypatch, capsys, tmp_path):
     """``napari-medsam embed`` on a real scan (a cheap stand-in encoder), then --info, --clear."""
     import argparse
 
     import napari_medsam.engine as engine
     from napari_medsam.cli_embed import add_embed_parser
     from napari_medsam.engine.disk_cache import cache_size
+    from napari_medsam.paths import CACHE_ENV
 
+    model_cache = tmp_path  # a cache of its own: other tests' embeddings are not listed
+    monkeypatch.setenv(CACHE_ENV, str(model_cache))
     fake = FakeModel([prov.CPU])
     fake.device_name = "CPU (test)"
     monkeypatch.setattr(engine, "load_model", lambda *a, **k: fake)
