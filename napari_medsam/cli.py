@@ -1,10 +1,12 @@
-"""The ``napari-medsam`` command line: export-model, bench."""
+"""The ``napari-medsam`` command line: export-model, models, bench, segment, eval."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,6 +78,182 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StderrProgress:
+    """Progress on stderr without extra dependencies.
+
+    On a terminal one status line is rewritten in place; otherwise (a log file, a pipe) the
+    finished steps are printed, plus an intermediate status at most every ``every`` seconds.
+    """
+
+    def __init__(self, stream=None, every: float = 10.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = every
+        self._last = time.monotonic()
+        self._open = False
+
+    def __call__(self, message: str, done: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + message + ("\n" if done else ""))
+            self._open = not done
+        elif done or time.monotonic() - self._last >= self.every:
+            self.stream.write(message + "\n")
+            self._last = time.monotonic()
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
+def _load_model(name: str, device: str):
+    from napari_medsam.engine import load_model
+
+    try:
+        return load_model(name, device)
+    except KeyError as exc:  # unknown registry name: the message lists the known ones
+        raise CliError(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from exc
+
+
+def _mapping(volume, window: str | None):
+    from napari_medsam.io.intensity import auto_mapping, mapping_from_name
+
+    if not window:
+        return auto_mapping(volume.array, volume.modality)
+    try:
+        return mapping_from_name(window, volume.array)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+
+
+def _check_output(path: str) -> Path:
+    from napari_medsam.io import WRITE_EXTENSIONS
+
+    out = Path(path).expanduser()
+    if not out.name.lower().endswith(WRITE_EXTENSIONS) or out.name.lower() in WRITE_EXTENSIONS:
+        raise CliError(f"--out {out}: label maps are written as {', '.join(WRITE_EXTENSIONS)}",
+                       EXIT_USAGE)
+    if not out.parent.is_dir():
+        raise CliError(f"--out {out}: folder {out.parent} does not exist", EXIT_USAGE)
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder", EXIT_USAGE)
+    return out
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from napari_medsam.io import read_volume, write_labels
+    from napari_medsam.segmentation import SegmentationSession
+    from napari_medsam.segmentation.prompts_file import (
+        PromptFileError,
+        apply_prompts,
+        load_prompts,
+    )
+
+    out = _check_output(args.out)
+    volume = read_volume(args.image)
+    if volume.is_label_map:
+        logger.warning("%s looks like a label map, not a scan", args.image)
+    try:
+        prompts = load_prompts(args.prompts, volume.shape)
+    except PromptFileError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    mapping = _mapping(volume, args.window)
+    model = _load_model(args.model, args.device)
+    session = SegmentationSession(model, volume.array, mapping)
+    progress = _StderrProgress()
+    t0 = time.perf_counter()
+
+    def report(outcome, n: int, total: int) -> None:
+        p = outcome.prompt
+        where = f"slice {p.slice}" if len(outcome.slices) <= 1 else (
+            f"slices {outcome.slices[0]}..{outcome.slices[-1]}")
+        kept = f", {outcome.kept} voxels kept by earlier objects" if outcome.kept else ""
+        count = len(outcome.slices)
+        progress(f"[{n}/{total}] {p.title}: {p.mode}, {outcome.voxels} voxels on "
+                 f"{count} slice{'s' * (count != 1)} ({where}, axis {p.axis}){kept} "
+                 f"({outcome.seconds:.1f} s)", True)
+
+    print(f"segmenting {len(prompts)} objects in {volume.path} ({model.name} on "
+          f"{getattr(model, 'device_name', 'cpu')}, intensity {mapping.key})", file=sys.stderr)
+    labels, outcomes = apply_prompts(session, prompts, overwrite=args.overwrite,
+                                     progress=report)
+    progress.close()
+    empty = [o.prompt.title for o in outcomes if o.voxels == 0]
+    for title in empty:
+        logger.warning("%s: the model found nothing (the object is empty)", title)
+    names = {p.label: p.name for p in prompts if p.name}
+    written = write_labels(labels, out, volume, label_names=names or None)
+    print(f"wrote {written}: {len(outcomes)} object{'s' * (len(outcomes) != 1)}, "
+          f"{sum(o.voxels for o in outcomes)} voxels ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _parse_labels(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError as exc:
+            raise CliError(f"--labels: {part!r} is not a whole number (use e.g. 1,2,5)",
+                           EXIT_USAGE) from exc
+        if value <= 0:
+            raise CliError(f"--labels: label values are >= 1, got {value}", EXIT_USAGE)
+        values.append(value)
+    if not values:
+        raise CliError("--labels is empty (use e.g. 1,2,5)", EXIT_USAGE)
+    return values
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from napari_medsam import evaluation as ev
+    from napari_medsam.io import read_volume
+    from napari_medsam.segmentation import SegmentationSession
+
+    wanted = _parse_labels(args.labels)
+    if args.jitter < 0:
+        raise CliError(f"--jitter must be >= 0, got {args.jitter}", EXIT_USAGE)
+    if args.json and not Path(args.json).expanduser().parent.is_dir():
+        raise CliError(f"--json {args.json}: folder does not exist", EXIT_USAGE)
+    image = read_volume(args.image)
+    reference = read_volume(args.reference)
+    try:
+        ref_array, resampled = ev.align_reference(image, reference)
+    except ev.EvalError as exc:
+        raise CliError(f"{args.reference} does not fit {args.image}: {exc}",
+                       EXIT_USAGE) from exc
+    names = {**image.label_names, **ev.reference_label_names(reference, args.reference)}
+    mapping = _mapping(image, args.window)
+    model = _load_model(args.model, args.device)
+    session = SegmentationSession(model, image.array, mapping)
+    progress = _StderrProgress()
+    try:
+        result = ev.evaluate(session, ref_array, args.mode, labels=wanted, axis=args.axis,
+                             jitter=args.jitter, seed=args.seed, names=names,
+                             progress=progress)
+    except ev.EvalError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    finally:
+        progress.close()
+    result.info = {"image": str(args.image), "reference": str(args.reference),
+                   "model": model.name, "device": getattr(model, "device_name", "cpu"),
+                   "intensity": mapping.key, "resampled_reference": resampled}
+    print(ev.format_table(result))
+    if args.json:
+        Path(args.json).expanduser().write_text(json.dumps(result.to_json(), indent=1) + "\n",
+                                                encoding="utf-8")
+        print(f"wrote {args.json}")
+    if not result.labels:
+        raise CliError("no label was evaluated (see 'skipped')", EXIT_FAILURE)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-medsam",
                                      description="Interactive CT/MRI segmentation tools.")
@@ -106,6 +284,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("segment", help="segment a volume from a JSON prompt file (no GUI)",
+                       description="Segment IMAGE from the boxes and clicks in PROMPTS.json "
+                       "and write the label map with the image's geometry (see docs/cli.md).")
+    p.add_argument("image", help="NIfTI/NRRD/MetaImage file or DICOM series folder")
+    p.add_argument("--prompts", required=True, help="JSON prompt file (voxel indices, z y x)")
+    p.add_argument("--out", required=True, help="label map to write (.nii.gz, .nii, .nrrd, .mha)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model", default="litemedsam")
+    p.add_argument("--window", help="intensity mapping (CT window name, mr_percentile, minmax;"
+                   " default: automatic, as the viewer opens the image)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="later objects paint over earlier ones (default: keep earlier ones)")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("eval", help="simulate a user from a reference label map; Dice per label",
+                       description="Simulate boxes, clicks or propagation from REFERENCE, "
+                       "run the model on IMAGE and report 3D Dice per label.")
+    p.add_argument("image", help="NIfTI/NRRD/MetaImage file or DICOM series folder")
+    p.add_argument("reference", help="reference label map of the same scan")
+    p.add_argument("--mode", required=True, choices=["box", "click", "propagate"])
+    p.add_argument("--labels", help="comma-separated label values (default: all)")
+    p.add_argument("--axis", type=int, default=0, choices=[0, 1, 2],
+                   help="array axis the simulated user slices across (default 0)")
+    p.add_argument("--jitter", type=int, default=0,
+                   help="box mode: enlarge each side by a random 0..PX pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed for --jitter")
+    p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model", default="litemedsam")
+    p.add_argument("--window", help="intensity mapping (default: automatic)")
+    p.set_defaults(func=_cmd_eval)
+    from napari_medsam.cli_embed import add_embed_parser
+
+    add_embed_parser(sub)
     return parser
 
 
