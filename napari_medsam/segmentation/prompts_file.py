@@ -414,16 +414,12 @@ def _object_masks(session: SegmentationSession, prompt: ObjectPrompt,
     yield prompt.slice, mask
     if prompt.mode == "2d":
         return
-    from . import propagation  # lazily: written alongside this module
+    from . import propagation
 
     if prompt.mode == "box_range":
         first, last = prompt.slice_range  # type: ignore[misc]
-        box_range = getattr(propagation, "box_range", None)
-        if box_range is not None:
-            results = box_range(session, prompt.axis, prompt.slice, box, first, last,
-                                cancel=cancel)
-        else:
-            results = _same_box(session, prompt.axis, box, first, last, cancel)
+        results = propagation.box_range(session, prompt.axis, prompt.slice, box, first, last,
+                                        cancel=cancel)
     else:
         if not mask.any():
             logger.warning("%s: the mask on slice %d is empty: nothing to propagate",
@@ -435,21 +431,6 @@ def _object_masks(session: SegmentationSession, prompt: ObjectPrompt,
         if int(result.index) == prompt.slice:
             continue
         yield int(result.index), np.asarray(result.mask, dtype=bool)
-
-
-@dataclass(frozen=True)
-class _BoxSlice:
-    index: int
-    mask: np.ndarray
-
-
-def _same_box(session: SegmentationSession, axis: int, box, first: int, last: int,
-              cancel: Callable[[], bool] | None) -> Iterator[_BoxSlice]:
-    """The 3D box without a propagation helper: the same 2D box on every slice."""
-    for index in range(first, last + 1):
-        if cancel is not None and cancel():
-            return
-        yield _BoxSlice(index, session.predict_prompts(SliceRef(axis, index), [box]))
 
 
 def apply_prompts(session: SegmentationSession, prompts: Iterable[ObjectPrompt], *,
