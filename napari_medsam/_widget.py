@@ -10,6 +10,7 @@ target Labels layer as the current object id through napari's undoable path
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medsam._embed_panel import EmbedPanel
 from napari_medsam._prompt_layers import (
     BOXES_LAYER,
     CLICKS_LAYER,
@@ -42,7 +44,6 @@ from napari_medsam._prompt_layers import (
     prompts_off_slice,
 )
 from napari_medsam._volume_panel import VolumePanel
-from napari_medsam.engine.cache import DEFAULT_BUDGET_BYTES
 from napari_medsam.io.intensity import (
     CT_WINDOWS,
     IntensityMapping,
@@ -59,7 +60,7 @@ __all__ = ["BOXES_LAYER", "CLICKS_LAYER", "PREVIEW_LAYER", "SegmentWidget", "map
 NEW_LABELS = "(new labels layer)"
 SHORTCUTS = ("Enter: accept preview   Escape: clear prompts on this slice   "
              "N: new object   T: toggle positive/negative clicks   P: propagate the object in 3D")
-MB = 1024**2
+MB = 1024**2  # the cache budget is set in MiB
 
 
 def mapping_for_layer(layer: Image) -> IntensityMapping:
@@ -97,11 +98,14 @@ def label_name(labels: Labels | None, label_id: int) -> str:
 class SegmentWidget(QWidget):
     """Dock widget: image, model/device, window, object id and list, preview, accept, save."""
 
-    def __init__(self, napari_viewer, *, model_name: str = "litemedsam", device: str = "auto"):
+    def __init__(self, napari_viewer, *, model_name: str = "litemedsam", device: str = "auto",
+                 backend: str = "auto"):
         super().__init__()
         self.viewer = napari_viewer
         self.model_name = model_name
         self.device = device
+        self.backend = backend
+        self._model_request = 0  # the latest load: an older one that finishes late is dropped
         self.model = None
         self.session: SegmentationSession | None = None
         self.preview_ref: SliceRef | None = None
@@ -164,12 +168,8 @@ class SegmentWidget(QWidget):
         clear_button.clicked.connect(lambda: self.clear())
         save_button = QPushButton("Save labels...")
         save_button.clicked.connect(lambda: self.save())
-        self.cache_spin = QSpinBox()
-        self.cache_spin.setRange(16, 65536)
-        self.cache_spin.setSuffix(" MB")
-        self.cache_spin.setValue(DEFAULT_BUDGET_BYTES // MB)
-        self.cache_spin.setToolTip("Memory for cached slice embeddings (2 MB per slice)")
-        self.cache_spin.valueChanged.connect(self._on_cache_budget)
+        self.embed_panel = EmbedPanel(self)  # backend, cache budget, "Embed volume"
+        self.cache_spin = self.embed_panel.cache_spin
         self.objects = QListWidget()
         self.objects.setMaximumHeight(140)
         self.objects.itemClicked.connect(self._on_object_clicked)
@@ -188,7 +188,6 @@ class SegmentWidget(QWidget):
         row.addWidget(self.label_name)
         row.addWidget(new_button)
         form.addRow("Object id", row)
-        form.addRow("Cache", self.cache_spin)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         checks = QHBoxLayout()
@@ -200,6 +199,7 @@ class SegmentWidget(QWidget):
             buttons.addWidget(button)
         layout.addLayout(buttons)
         self.volume_panel = VolumePanel(self)
+        layout.addWidget(self.embed_panel)
         layout.addWidget(self.volume_panel)
         layout.addWidget(QLabel("Objects"))
         layout.addWidget(self.objects)
@@ -211,11 +211,13 @@ class SegmentWidget(QWidget):
         self.status.setText(text)
         logger.info(text)
 
-    def _start(self, function, *args, returned=None, errored=None):
+    def _start(self, function, *args, returned=None, errored=None, finished=None):
         """Run ``function`` on a worker thread; errors become notifications."""
         connect = {"errored": errored or self._on_error}
         if returned is not None:
             connect["returned"] = returned
+        if finished is not None:
+            connect["finished"] = finished
         worker = create_worker(function, *args, _connect=connect, _start_thread=False)
         worker.start()
         return worker
@@ -224,8 +226,29 @@ class SegmentWidget(QWidget):
     def _load_model(self) -> None:
         from napari_medsam.engine import load_model
 
-        self._model_worker = self._start(load_model, self.model_name, self.device,
-                                         returned=self._on_model_loaded)
+        self._model_request += 1
+        request = self._model_request
+
+        def loaded(model) -> None:
+            if request == self._model_request:  # not superseded by another backend choice
+                self._on_model_loaded(model)
+
+        self._model_worker = self._start(partial(load_model, backend=self.backend),
+                                         self.model_name, self.device, returned=loaded)
+
+    def set_backend(self, backend: str) -> None:
+        """Reload the model on ``backend`` (``"auto"``, ``"onnxruntime"`` or ``"openvino"``).
+
+        The session keeps working on the current model until the new one is loaded; the
+        in-memory embeddings stay valid (both backends compute the same f32 embeddings).
+        """
+        if backend == self.backend and self.model is not None:
+            return
+        self.backend = backend
+        self.embed_panel.cancel()
+        self._stop_prefetch()
+        self.model_label.setText(f"{self.model_name}: loading ({backend})...")
+        self._load_model()
 
     def _on_model_loaded(self, model) -> None:
         self.model = model
@@ -259,6 +282,7 @@ class SegmentWidget(QWidget):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _on_image_change(self, *_args) -> None:
+        self.embed_panel.cancel()  # it embeds the old session's volume
         layer = self.image_layer
         cache = self.session.cache if self.session is not None else None
         self.session = None
@@ -309,12 +333,11 @@ class SegmentWidget(QWidget):
     def _on_contrast_change(self, *_args) -> None:
         layer = self.image_layer
         if layer is not None and self.session is not None:
-            self.session.mapping = mapping_for_layer(layer)
+            mapping = mapping_for_layer(layer)
+            if mapping.key != self.session.mapping.key:
+                self.embed_panel.cancel()  # its embeddings are for the old window
+            self.session.mapping = mapping
             self._schedule()
-
-    def _on_cache_budget(self, value: int) -> None:
-        if self.session is not None:
-            self.session.cache.resize(value * MB)
 
     def _on_click_sign(self, negative: bool) -> None:
         if CLICKS_LAYER in self.viewer.layers:
@@ -446,9 +469,11 @@ class SegmentWidget(QWidget):
         embedded = self.session.is_embedded(ref)
         self._set_status(f"Segmenting slice {ref.index} (axis {ref.axis})"
                          + ("..." if embedded else ", embedding it first..."))
+        self.embed_panel.hold()  # a running "Embed volume" leaves the cores to this prompt
         self._predict_worker = self._start(self._predict_job, self._generation, ref, boxes,
                                            positives, negatives, self.session,
-                                           returned=self._show_preview)
+                                           returned=self._show_preview,
+                                           finished=self.embed_panel.release)
 
     @staticmethod
     def _predict_job(generation, ref, boxes, positives, negatives, session):
@@ -476,7 +501,7 @@ class SegmentWidget(QWidget):
 
     def _start_prefetch(self, ref: SliceRef) -> None:
         """Embed the neighbouring slices while the user looks at the preview."""
-        if self.session is None:
+        if self.session is None or self.embed_panel.running:
             return
         self._prefetch_worker = create_worker(self.session.prefetch, ref, 2,
                                               _connect={"errored": lambda exc: logger.warning(
@@ -494,6 +519,7 @@ class SegmentWidget(QWidget):
         from qtpy.QtCore import QThreadPool
 
         self._stop_prefetch()
+        self.embed_panel.cancel()
         self.volume_panel.cancel()
         QThreadPool.globalInstance().waitForDone(timeout_ms)
 
@@ -565,6 +591,9 @@ class SegmentWidget(QWidget):
                 if len(keep) != len(layer.data):
                     layer.selected_data = set(range(len(layer.data))) - set(keep)
                     layer.remove_selected()
+            # selecting points makes napari copy their features into the defaults: after
+            # removing negative clicks, the next click would be negative too (no preview)
+            self._on_click_sign(self.negative_check.isChecked())
         self._generation += 1
         self._show_preview((self._generation, ref, None))
 
