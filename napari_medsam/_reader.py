@@ -1,8 +1,10 @@
 """napari reader: open NIfTI, NRRD, MetaImage files and DICOM series folders.
 
 Scans become Image layers (with the automatic CT window or MR percentile contrast),
-label maps become Labels layers; both carry the scan geometry in ``scale``,
-``translate`` and ``metadata`` (see :meth:`napari_medsam.io.Volume.metadata`).
+label maps become Labels layers; both carry the scan geometry in ``metadata`` (see
+:meth:`napari_medsam.io.Volume.metadata`) and are placed in world coordinates (-S, P, L) by
+``scale``/``translate`` (:attr:`~napari_medsam.io.Volume.display_scale`), so that slices show
+the way radiologists read them whichever way the file stores its voxels.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def volume_to_layer_data(volume: Volume) -> LayerData:
     """One napari LayerData tuple for ``volume``: Labels for label maps, else Image."""
     common: dict[str, Any] = {
         "name": _layer_name(volume),
-        "scale": volume.scale,
-        "translate": volume.translate,
+        "scale": volume.display_scale,
+        "translate": volume.display_translate,
         "metadata": volume.metadata(),
     }
     if volume.is_label_map:

@@ -77,8 +77,8 @@ def _load(key: str) -> list[LayerData]:
     image_meta["intensity_mapping"] = mapping.key
     image_kwargs = {
         "name": title,
-        "scale": image.scale,
-        "translate": image.translate,
+        "scale": image.display_scale,
+        "translate": image.display_translate,
         "metadata": image_meta,
         "contrast_limits": list(mapping.contrast_limits),
         "colormap": "gray",
@@ -87,8 +87,8 @@ def _load(key: str) -> list[LayerData]:
     label_meta["reference"] = "model output" if key.startswith("totalseg") else "manual"
     label_kwargs = {
         "name": f"{title} reference labels",
-        "scale": labels.scale,
-        "translate": labels.translate,
+        "scale": labels.display_scale,
+        "translate": labels.display_translate,
         "metadata": label_meta,
         "opacity": 0.5,
     }

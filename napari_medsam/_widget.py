@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medsam._embed_panel import EmbedPanel
+from napari_medsam._orientation import apply_orientation
 from napari_medsam._prompt_layers import (
     BOXES_LAYER,
     CLICKS_LAYER,
@@ -126,6 +127,8 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.dims.events.current_step.connect(self._on_slice_change)
+        self.viewer.dims.events.order.connect(self._orient)
+        self.viewer.dims.events.ndisplay.connect(self._orient)
         self._refresh_images()
         self._load_model()
 
@@ -291,6 +294,7 @@ class SegmentWidget(QWidget):
         if layer is None or self.model is None:
             return
         boxes, clicks = add_prompt_layers(self.viewer, layer)
+        self._orient()
         self._watch(boxes, clicks, layer)
         self.viewer.layers.selection.active = boxes
         boxes.mode = "add_rectangle"
@@ -299,6 +303,10 @@ class SegmentWidget(QWidget):
                                            cache_bytes=self.cache_spin.value() * MB,
                                            disk_cache=True)
         self.refresh_objects()
+
+    def _orient(self, *_args) -> None:
+        """Superior up when the view shows the slice axis vertically (coronal, sagittal)."""
+        apply_orientation(self.viewer, self.image_layer)
 
     def _watch(self, boxes, clicks, image) -> None:
         """Connect layer events once per layer."""

@@ -37,7 +37,7 @@ def geometry_from_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
         attributes.get("name"),
     )
     return {
-        "spacing": [float(s) for s in reversed(scale[-3:])],
+        "spacing": [abs(float(s)) for s in reversed(scale[-3:])],
         "origin": [float(t) for t in reversed(translate[-3:])],
         "direction": list(IDENTITY_DIRECTION),
     }

@@ -44,13 +44,13 @@ def test_reader_layer_data_for_image_and_labels():
     )
     volume = read_volume(sample_path("ct"))
     assert image_type == "image" and label_type == "labels"
-    assert image_kwargs["scale"] == volume.scale
-    assert image_kwargs["translate"] == volume.translate
+    assert image_kwargs["scale"] == volume.display_scale
+    assert image_kwargs["translate"] == volume.display_translate
     assert image_kwargs["metadata"]["spacing"] == list(volume.spacing)
     assert image_kwargs["contrast_limits"] == [-160.0, 240.0]
     assert image_kwargs["name"] == "image"
     assert labels.dtype.kind in "iu"
-    assert label_kwargs["scale"] == volume.scale
+    assert label_kwargs["scale"] == volume.display_scale
     np.testing.assert_array_equal(image, volume.array)
 
 

@@ -43,8 +43,8 @@ def test_open_sample_ct_and_its_labels(viewer):
     volume = read_volume(sample_path("ct"))
     (image,) = viewer.open(str(sample_path("ct")), plugin=PLUGIN)
     assert isinstance(image, Image)
-    np.testing.assert_allclose(image.scale, volume.scale)
-    np.testing.assert_allclose(image.translate, volume.translate)
+    np.testing.assert_allclose(image.scale, volume.display_scale)
+    np.testing.assert_allclose(image.translate, volume.display_translate)
     assert image.metadata["spacing"] == list(volume.spacing)
     assert image.metadata["direction"] == list(volume.direction)
     assert image.metadata["modality"] == "CT"
@@ -52,9 +52,30 @@ def test_open_sample_ct_and_its_labels(viewer):
 
     (labels,) = viewer.open(str(sample_label_path("ct")), plugin=PLUGIN)
     assert isinstance(labels, Labels)
-    np.testing.assert_allclose(labels.scale, volume.scale)
-    np.testing.assert_allclose(labels.translate, volume.translate)
+    np.testing.assert_allclose(labels.scale, volume.display_scale)
+    np.testing.assert_allclose(labels.translate, volume.display_translate)
     assert len(viewer.layers) == 2
+
+
+@pytest.mark.parametrize("path", [sample_path("ct"), sample_path("mr"),
+                                  case_dir("totalseg_ct_dicom") / "dicom"])
+def test_axial_slices_show_anterior_up_and_patient_left_on_the_right(viewer, path):
+    """In-plane world coordinates are physical (P, L), whichever way the file stores its
+    rows and columns (the sample CT is stored with x and y reversed, the brain MR with y
+    reversed); the slice axis keeps the file's order so the slider counts array slices."""
+    (image,) = viewer.open(str(path), plugin=PLUGIN)
+    if Path(path).is_file():
+        itk = sitk.ReadImage(str(path))
+    else:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path)))
+        itk = reader.Execute()
+    shape = image.data.shape
+    for index in [(0, 0, 0), (shape[0] - 1, shape[1] // 3, shape[2] - 1), (1, shape[1] - 1, 2)]:
+        lps = itk.TransformIndexToPhysicalPoint([int(index[2]), int(index[1]), int(index[0])])
+        world = image.data_to_world(index)
+        np.testing.assert_allclose(world[1:], (lps[1], lps[0]), atol=1e-3)
+        assert world[0] == pytest.approx(itk.GetOrigin()[2] + index[0] * itk.GetSpacing()[2])
 
 
 def test_open_dicom_folder(viewer):

@@ -67,10 +67,17 @@ def test_axial_box_preview_accept_undo_redo(ready, qtbot):
     assert dice(target.data[z] == 1, reference[z] == LIVER) >= 0.85
 
 
+def _vertical(viewer) -> str:
+    value = viewer.camera.orientation2d[0]
+    return str(getattr(value, "value", value))
+
+
 def test_coronal_box_and_keep_rule(ready, qtbot):
     viewer, widget, layer, reference = ready
+    assert _vertical(viewer) == "down"  # axial: anterior up through the layer's scale
     y = int((reference == LIVER).sum(axis=(0, 2)).argmax())
     _segment(viewer, widget, layer, qtbot, 1, y, reference[:, y, :] == LIVER)
+    assert _vertical(viewer) == "up"  # coronal: slice axis vertical, superior up
     target = widget.target_labels()
     assert dice(target.data[:, y, :] == 1, reference[:, y, :] == LIVER) >= 0.85
     first = target.data.copy()
@@ -81,6 +88,8 @@ def test_coronal_box_and_keep_rule(ready, qtbot):
     everything[:, [0, -1]] = False
     _segment(viewer, widget, layer, qtbot, 1, y, everything)
     assert np.array_equal(target.data[first == 1], first[first == 1])
+    viewer.dims.order = (0, 1, 2)
+    assert _vertical(viewer) == "down"
 
 
 def test_window_choice_sets_what_the_model_sees(ready, qtbot):

@@ -184,6 +184,43 @@ class Volume:
         return tuple(reversed(self.origin))  # type: ignore[return-value]
 
     @property
+    def display_signs(self) -> tuple[int, int, int] | None:
+        """Signs of the direction's diagonal, (x, y, z), when the direction is axis-aligned.
+
+        None for a direction that permutes or tilts the axes (oblique or non-axial
+        acquisitions): napari then shows the array as stored.
+        """
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        diagonal = np.diag(d)
+        if np.abs(d - np.diag(diagonal)).max() > 1e-3 or np.abs(np.abs(diagonal) - 1).max() > 1e-3:
+            return None
+        return tuple(int(v) for v in np.sign(diagonal))  # type: ignore[return-value]
+
+    @property
+    def display_scale(self) -> tuple[float, float, float]:
+        """napari (z, y, x) ``scale`` that shows axial slices the way radiologists read them.
+
+        In-plane, world coordinates are the physical LPS ones, (P, L): anterior is up and the
+        patient's left is on the right of the screen, whichever way the file stores its rows
+        and columns (negative entries flip an axis, napari's documented way; the data stay as
+        stored and the metadata keep the true geometry). The slice axis keeps the file's
+        order (positive spacing), so that napari's slider, the widget and the command line
+        number slices alike; :mod:`napari_medsam._orientation` keeps superior up in coronal
+        and sagittal views. A direction that is not axis-aligned falls back to :attr:`scale`.
+        """
+        signs = self.display_signs
+        if signs is None:
+            return self.scale
+        sx, sy, _ = signs
+        spx, spy, spz = self.spacing
+        return (spz, sy * spy, sx * spx)
+
+    @property
+    def display_translate(self) -> tuple[float, float, float]:
+        """napari (z, y, x) ``translate`` that goes with :attr:`display_scale`."""
+        return self.translate
+
+    @property
     def affine(self) -> np.ndarray:
         """4x4 index (z, y, x) -> physical (z, y, x) matrix, direction included.
 
