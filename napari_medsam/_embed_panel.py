@@ -37,6 +37,7 @@ from napari_medsam.engine.backends import (
     default_cache_bytes,
     openvino_available,
 )
+from napari_medsam.engine.disk_cache import cache_size, clear_cache, embeddings_dir, format_bytes
 from napari_medsam.segmentation import SliceRef
 
 if TYPE_CHECKING:
@@ -110,6 +111,13 @@ class EmbedPanel(QGroupBox):
         self.progress_changed.connect(self._show_progress)
         self.info = QLabel("")
         self.info.setWordWrap(True)
+        self.disk_label = QLabel("")
+        self.disk_label.setToolTip(f"Embeddings kept on disk for re-opened scans, in "
+                                   f"{embeddings_dir()}")
+        self.clear_button = QPushButton("Clear disk cache")
+        self.clear_button.setToolTip("Delete every embedding stored on disk (all scans); "
+                                     "they are recomputed when needed")
+        self.clear_button.clicked.connect(self.clear_disk_cache)
 
         grid = QGridLayout(self)
         grid.addWidget(QLabel("Backend"), 0, 0)
@@ -119,8 +127,11 @@ class EmbedPanel(QGroupBox):
         grid.addWidget(self.embed_button, 1, 0, 1, 2)
         grid.addWidget(self.progress, 1, 2)
         grid.addWidget(self.cancel_button, 1, 3)
-        grid.addWidget(self.info, 2, 0, 1, 4)
+        grid.addWidget(self.disk_label, 2, 0, 1, 2)
+        grid.addWidget(self.clear_button, 2, 2, 1, 2)
+        grid.addWidget(self.info, 3, 0, 1, 4)
         self._set_running(False)
+        self.refresh_disk_size()
 
     # ------------------------------------------------------------------ state
     @property
@@ -211,8 +222,26 @@ class EmbedPanel(QGroupBox):
         self.progress.setValue(progress.done)
         self.progress.setFormat(progress.describe())
 
+    def refresh_disk_size(self) -> int:
+        """Show (and return) the size of the on-disk embedding cache."""
+        size = cache_size()
+        self.disk_label.setText(f"Disk cache: {format_bytes(size)}")
+        return size
+
+    def clear_disk_cache(self) -> None:
+        """Delete the stored embeddings of every scan (not while embedding)."""
+        if self.running:
+            show_warning("MedSAM: cancel the volume embedding before clearing the disk cache")
+            return
+        freed = clear_cache()
+        logger.info("cleared the embedding disk cache (%s)", format_bytes(freed))
+        self.owner._on_image_change()  # a fresh session: its disk stores start over
+        self.info.setText(f"Disk cache cleared ({format_bytes(freed)} freed).")
+        self.refresh_disk_size()
+
     def _on_returned(self, summary: EmbedSummary) -> None:
         self.last_summary = summary
+        self.refresh_disk_size()
         rate = f", {summary.slices_per_s:.1f} slices/s" if summary.encoded else ""
         disk = f", {summary.from_disk} from the disk cache" if summary.from_disk else ""
         if summary.cancelled:

@@ -193,3 +193,30 @@ def test_positive_click_after_accepting_a_negative_click_object_on_the_same_slic
     assert list(clicks.features["sign"]) == [1]  # not the removed click's sign
     qtbot.waitUntil(lambda: widget.preview_mask is not None, timeout=60_000)
     assert widget.preview_mask[y, x] and dice(widget.preview_mask, liver) >= 0.5
+
+
+def test_disk_cache_size_is_shown_and_clear_empties_it(open_crop, qtbot, monkeypatch,
+                                                       tmp_path):
+    from napari_medsam.engine import disk_cache
+
+    viewer, widget, layer, reference, z = open_crop(1, 3)
+    monkeypatch.setattr(disk_cache, "embeddings_dir", lambda: tmp_path / "embeddings")
+    widget._on_image_change()  # a session whose disk store lives in tmp_path
+    panel = widget.embed_panel
+    summary, _ = _embed(panel, qtbot)
+    assert summary.done == 3
+    size = disk_cache.cache_size(tmp_path / "embeddings")
+    assert size > 3 * 256 * 64 * 64 * 2  # three float16 embeddings at least
+    assert panel.disk_label.text() == f"Disk cache: {disk_cache.format_bytes(size)}"
+    old_session = widget.session
+    panel.clear_button.click()
+    assert disk_cache.cache_size(tmp_path / "embeddings") == 0
+    assert panel.disk_label.text() == "Disk cache: 0 B"
+    assert "cleared" in panel.info.text()
+    assert widget.session is not None and widget.session is not old_session
+    # prompting still works (from the embeddings still held in memory)
+    _go_to(viewer, layer, z)
+    widget.preview_mask = None
+    _box(viewer, z, reference[z] == SPLEEN)
+    qtbot.waitUntil(lambda: widget.preview_mask is not None, timeout=60_000)
+    assert dice(widget.preview_mask, reference[z] == SPLEEN) >= 0.8

@@ -13,19 +13,26 @@ How slices reach the encoder (:func:`encode_plan`):
   (:meth:`~.openvino_model.OpenVINOPromptModel.iter_encode`; results arrive roughly in
   order), when that measures faster than one LATENCY request at a time (see
   :data:`OPENVINO_PARALLEL`);
-- ONNX Runtime on CUDA/TensorRT: a loop over the batch-1 encoder whose input is prepared on
-  a helper thread while the GPU runs the previous slice (the exported encoder has batch 1:
-  TinyViT's traced reshapes fix it, so one call per slice is the only option without a
-  re-export);
-- ONNX Runtime on the CPU: a plain loop (the session already uses every core).
+- ONNX Runtime on CUDA/TensorRT: batches of ``model.batch_size`` slices (default 8,
+  ``$NAPARI_MEDSAM_GPU_BATCH``) per call of the batch-dynamic encoder
+  (``encoder_batched.onnx``, exported on first use; :meth:`~.onnx_model.OnnxPromptModel.
+  encode_batch`), the next batch prepared on a helper thread while the GPU runs
+  (``"batched"``). Without that file (no export extra), or once it fails, a loop over the
+  batch-1 encoder with the next input prepared meanwhile (``"pipelined-loop"``);
+- ONNX Runtime on the CPU: a plain loop (the session already uses every core; a batch gains
+  nothing there).
+
+:func:`plan_for_providers` is the ONNX Runtime part of that choice, a pure function of the
+providers that really run (so it is tested with made-up provider lists on a CPU machine).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +61,15 @@ class EncodePlan:
     Attributes
     ----------
     kind
-        ``"openvino-async"`` (several infer requests in flight), ``"pipelined-loop"``
-        (GPU: one batch-1 call per slice, the next input prepared meanwhile) or ``"loop"``.
+        ``"openvino-async"`` (several infer requests in flight), ``"batched"`` (GPU: up to
+        ``in_flight`` slices per call of the batch-dynamic encoder, the next batch prepared
+        meanwhile), ``"pipelined-loop"`` (GPU: one batch-1 call per slice, the next input
+        prepared meanwhile) or ``"loop"``.
     in_flight
         Slices being encoded at the same time.
     input_shape
-        Shape of every encoder input (the exported encoder takes batch 1).
+        Shape of a full encoder input (``[batch, 3, S, S]``; the last batch of a volume
+        may be smaller).
     """
 
     kind: str
@@ -81,18 +91,49 @@ def encode_plan(model, parallel: bool | None = None) -> EncodePlan:
     """
     size = int(model.spec.input_size)
     shape = (1, 3, size, size)
-    if parallel is None:
-        from .backends import available_memory_bytes
+    if hasattr(model, "iter_encode"):
+        if parallel is None:
+            from .backends import available_memory_bytes
 
-        free = available_memory_bytes()
-        parallel = OPENVINO_PARALLEL and (free is None or free >= PARALLEL_MIN_FREE)
-    use_parallel = parallel
-    if hasattr(model, "iter_encode") and use_parallel:
-        return EncodePlan("openvino-async", int(model.parallel_requests), shape)
-    first = (list(getattr(model, "providers", [])) or [prov.CPU])[0]
-    if first in (prov.CUDA, prov.TENSORRT):
-        return EncodePlan("pipelined-loop", 1, shape)
-    return EncodePlan("loop", 1, shape)
+            free = available_memory_bytes()
+            parallel = OPENVINO_PARALLEL and (free is None or free >= PARALLEL_MIN_FREE)
+        if parallel:
+            return EncodePlan("openvino-async", int(model.parallel_requests), shape)
+    batched = hasattr(model, "encode_batch") and bool(getattr(model, "batching", False))
+    return plan_for_providers(list(getattr(model, "providers", [])), size,
+                              batch_size=int(getattr(model, "batch_size", 1)),
+                              batched=batched)
+
+
+def plan_for_providers(providers: Sequence[str], input_size: int, *, batch_size: int = 1,
+                       batched: bool = False) -> EncodePlan:
+    """The ONNX Runtime :class:`EncodePlan` for the providers that really run.
+
+    Parameters
+    ----------
+    providers
+        ``session.get_providers()``, best first (empty: the CPU).
+    input_size
+        The model's square input size.
+    batch_size
+        Slices per call of the batched encoder.
+    batched
+        Whether the model can run a batched encoder (the file exists or can be exported,
+        and it has not failed).
+
+    Returns
+    -------
+    EncodePlan
+        ``"batched"`` on CUDA/TensorRT with a batched encoder and ``batch_size`` > 1,
+        ``"pipelined-loop"`` on CUDA/TensorRT otherwise, ``"loop"`` on the CPU.
+    """
+    single = (1, 3, int(input_size), int(input_size))
+    if not prov.runs_on_gpu(list(providers)):
+        return EncodePlan("loop", 1, single)
+    if batched and batch_size > 1:
+        return EncodePlan("batched", int(batch_size),
+                          (int(batch_size), 3, int(input_size), int(input_size)))
+    return EncodePlan("pipelined-loop", 1, single)
 
 
 def slice_order(size: int, start: int) -> list[int]:
@@ -394,6 +435,9 @@ class VolumeEmbedder:
             yield index, self.model.embed_preprocessed(tensor, size, self._resized).features
             yield from self.model.iter_encode(inputs)
             return
+        if self.plan.kind == "batched":
+            yield from self._encode_batches(inputs)
+            return
         if self.plan.kind == "pipelined-loop":
             with ThreadPoolExecutor(1, thread_name_prefix="medsam-prep") as pool:
                 pending = pool.submit(next, inputs, None)
@@ -407,6 +451,34 @@ class VolumeEmbedder:
                     yield index, emb.features
         for index, tensor in inputs:
             yield index, self.model.embed_preprocessed(tensor, size, self._resized).features
+
+    def _encode_batches(self, inputs: Iterator[tuple[int, np.ndarray]]
+                        ) -> Iterator[tuple[int, np.ndarray]]:
+        """The ``"batched"`` plan: up to ``plan.in_flight`` slices per encoder call.
+
+        The next batch is prepared on a helper thread while the current one runs. The model
+        falls back to batch-1 calls by itself when its batched encoder is missing or fails
+        (same results); the plan then says ``"pipelined-loop"``.
+        """
+        batch = self.plan.in_flight
+
+        def take() -> list[tuple[int, np.ndarray]]:
+            return list(itertools.islice(inputs, batch))
+
+        with ThreadPoolExecutor(1, thread_name_prefix="medsam-prep") as pool:
+            pending = pool.submit(take)
+            while True:
+                items = pending.result()
+                if not items:
+                    return
+                pending = pool.submit(take)
+                features = self.model.encode_batch(np.concatenate([t for _, t in items]))
+                if self.plan.kind == "batched" and not self.model.batching:
+                    size = int(self.model.spec.input_size)
+                    self.plan = EncodePlan("pipelined-loop", 1, (1, 3, size, size))
+                    logger.info("Volume embedding goes on one slice per encoder call")
+                for k, (index, _) in enumerate(items):
+                    yield index, features[k:k + 1].copy()
 
     def run(self, start: int | None = None, *,
             progress: Callable[[EmbedProgress], None] | None = None,
