@@ -170,3 +170,28 @@ def test_openvino_decoder_takes_clicks_and_mask_input(ov_f32, ort_cpu, agreement
                      emb.input_size, emb.model)
     full = ov_f32.predict(emb, box=s.box)
     assert dice(ov_f32.predict(half, box=s.box).mask, full.mask) >= 0.99
+
+
+# -- the per-stage precision study tool (docs/performance.md) --------------------------------
+
+def test_staged_encoder_rejects_bad_plans(tmp_path):
+    from napari_medsam.bench import StagedEncoder
+
+    for plan in ("ffff", "ffffx", "bf16"):
+        with pytest.raises(ValueError, match="one of f/b per stage"):
+            StagedEncoder(tmp_path / "encoder.onnx", plan)
+
+
+@needs_openvino
+def test_staged_f32_encoder_is_the_whole_encoder(ov_f32, agreement):
+    """The study's stage-by-stage chain (all f32) reproduces the one-piece f32 encoder."""
+    from napari_medsam.bench import ENCODER_STAGES, StagedEncoder
+    from napari_medsam.engine.model_files import ensure_model_files
+
+    staged = StagedEncoder(ensure_model_files(ov_f32.spec)["encoder"], "f" * len(ENCODER_STAGES))
+    s = agreement[-4]  # an MRI slice
+    tensor, resized = ov_f32.preprocess(s.image)
+    whole = ov_f32.embed_preprocessed(tensor, s.image.shape, resized).features
+    features = staged(tensor)
+    assert features.shape == whole.shape == (1, 256, 64, 64)
+    assert np.abs(features - whole).max() <= 1e-4
