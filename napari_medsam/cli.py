@@ -29,12 +29,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     try:
         result = export_model(args.name, checkpoint=args.checkpoint, architecture=args.arch,
-                              preprocessing=args.preprocess, force=args.force)
+                              preprocessing=args.preprocess, force=args.force,
+                              batched=args.batched)
     except ExportError as exc:
         raise CliError(str(exc)) from exc
     print(f"{result.spec.name}: encoder {result.encoder}")
     print(f"{result.spec.name}: decoder {result.decoder}")
     print(f"decoder parity with PyTorch: max |logit diff| = {result.max_abs_diff:.2e}")
+    if result.batched is not None:
+        b = result.batched
+        print(f"{result.spec.name}: batched encoder {b.path} (batch vs single calls "
+              f"{b.batch_diff:.1e}, vs PyTorch {b.torch_diff:.1e})")
     return 0
 
 
@@ -108,13 +113,33 @@ class _StderrProgress:
             self._open = False
 
 
-def _load_model(name: str, device: str):
+def _load_model(name: str, device: str, backend: str = "auto", precision: str = "auto"):
     from napari_medsam.engine import load_model
 
     try:
-        return load_model(name, device)
+        return load_model(name, device, backend=backend, precision=precision)
     except KeyError as exc:  # unknown registry name: the message lists the known ones
         raise CliError(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from exc
+    except ValueError as exc:  # e.g. --backend openvino with --device cuda
+        raise CliError(str(exc), EXIT_USAGE) from exc
+
+
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--precision``, as ``napari-medsam embed`` has them."""
+    from napari_medsam.engine.backends import BACKENDS, PRECISIONS
+
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                   help="inference backend (auto: ONNX Runtime on a CUDA GPU, else OpenVINO "
+                        "when installed, else ONNX Runtime on the CPU)")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="OpenVINO CPU precision (auto = f32; bf16 is faster but moves masks)")
+
+
+def _add_zoom_option(p: argparse.ArgumentParser) -> None:
+    """``--zoom auto|off``: small boxes segmented in a zoomed crop (issue 8)."""
+    p.add_argument("--zoom", default="off", choices=["auto", "off"],
+                   help="auto: segment boxes that are small relative to the slice in a zoomed "
+                        "crop (one more encoder run per new region); off: whole slices only")
 
 
 def _mapping(volume, window: str | None):
@@ -160,8 +185,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     except PromptFileError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     mapping = _mapping(volume, args.window)
-    model = _load_model(args.model, args.device)
-    session = SegmentationSession(model, volume.array, mapping)
+    model = _load_model(args.model, args.device, args.backend, args.precision)
+    session = SegmentationSession(model, volume.array, mapping, zoom=args.zoom)
     progress = _StderrProgress()
     t0 = time.perf_counter()
 
@@ -230,8 +255,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                        EXIT_USAGE) from exc
     names = {**image.label_names, **ev.reference_label_names(reference, args.reference)}
     mapping = _mapping(image, args.window)
-    model = _load_model(args.model, args.device)
-    session = SegmentationSession(model, image.array, mapping)
+    model = _load_model(args.model, args.device, args.backend, args.precision)
+    session = SegmentationSession(model, image.array, mapping, zoom=args.zoom)
     progress = _StderrProgress()
     try:
         result = ev.evaluate(session, ref_array, args.mode, labels=wanted, axis=args.axis,
@@ -269,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", choices=["medsam", "sam", "litemedsam"],
                    help="input normalisation of --checkpoint (default medsam: min-max)")
     p.add_argument("--force", action="store_true", help="export again even if present")
+    p.add_argument("--batched", action="store_true",
+                   help="also export the batch-dynamic encoder that CUDA/TensorRT use to "
+                        "embed volumes (exported on demand otherwise)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list known models and whether they are exported")
@@ -293,10 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="label map to write (.nii.gz, .nii, .nrrd, .mha)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--model", default="litemedsam")
+    _add_backend_options(p)
     p.add_argument("--window", help="intensity mapping (CT window name, mr_percentile, minmax;"
                    " default: automatic, as the viewer opens the image)")
     p.add_argument("--overwrite", action="store_true",
                    help="later objects paint over earlier ones (default: keep earlier ones)")
+    _add_zoom_option(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("eval", help="simulate a user from a reference label map; Dice per label",
@@ -314,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--model", default="litemedsam")
+    _add_backend_options(p)
     p.add_argument("--window", help="intensity mapping (default: automatic)")
+    _add_zoom_option(p)
     p.set_defaults(func=_cmd_eval)
     from napari_medsam.cli_embed import add_embed_parser
 

@@ -15,7 +15,8 @@ exactly as the widget does:
     (:mod:`napari_medsam.segmentation.propagation`).
 
 Dice is computed in 3D over the whole volume. Labels smaller than :data:`MIN_VOXELS` voxels
-are skipped and listed.
+are skipped and listed. Whether small boxes are segmented in a zoomed crop is the session's
+choice (``session.zoom``, :mod:`napari_medsam.segmentation.roi`); the result records it.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class EvalResult:
 
     ``seconds`` is the whole run; ``embed_seconds`` the part spent embedding slices up front
     (each slice once, shared by all labels), so each label's ``seconds`` is its own prompt
-    work (decoder calls, click growing, propagation).
+    work (decoder calls, click growing, propagation, and embedding zoomed crops:
+    ``roi_encoder_calls`` of them in all; ``encoder_calls`` counts whole slices).
     """
 
     mode: str
@@ -100,6 +102,8 @@ class EvalResult:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     encoder_calls: int = 0
+    roi_encoder_calls: int = 0
+    zoom: str = "off"
     jitter: int = 0
     seed: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +119,7 @@ class EvalResult:
         return {
             "mode": self.mode,
             "axis": self.axis,
+            "zoom": self.zoom,
             "jitter": self.jitter,
             "seed": self.seed,
             **self.info,
@@ -124,6 +129,7 @@ class EvalResult:
             "seconds": self.seconds,
             "embed_seconds": self.embed_seconds,
             "encoder_calls": self.encoder_calls,
+            "roi_encoder_calls": self.roi_encoder_calls,
         }
 
 
@@ -413,12 +419,14 @@ def evaluate(session: SegmentationSession, reference: np.ndarray, mode: str, *,
                         f"{session.volume.shape}")
     names = dict(names or {})
     t_start = time.perf_counter()
-    result = EvalResult(mode=mode, axis=axis, jitter=int(jitter), seed=seed)
+    result = EvalResult(mode=mode, axis=axis, jitter=int(jitter), seed=seed,
+                        zoom=str(getattr(session, "zoom", "off")))
     chosen, result.skipped = _select_labels(reference, labels, names)
     for item in result.skipped:
         logger.info("skipped label %d (%s): %s", item["label"], item["name"] or "-",
                     item["reason"])
     calls_before = session.encoder_calls
+    roi_before = getattr(session, "roi_encoder_calls", 0)
 
     to_embed = _slices_to_embed(reference, [lab for lab, _ in chosen], axis, mode)
     needed = len(to_embed) * _EMBEDDING_BYTES
@@ -466,6 +474,7 @@ def evaluate(session: SegmentationSession, reference: np.ndarray, mode: str, *,
         if progress is not None:
             progress(f"{tag}: Dice {score:.3f} ({seconds:.1f} s)", True)
     result.encoder_calls = session.encoder_calls - calls_before
+    result.roi_encoder_calls = getattr(session, "roi_encoder_calls", 0) - roi_before
     result.seconds = time.perf_counter() - t_start
     return result
 
@@ -486,7 +495,9 @@ def format_table(result: EvalResult) -> str:
     n = len(result.labels)
     lines.append(f"mean Dice {_fmt_dice(result.mean_dice)} over {n} label{'s' * (n != 1)} "
                  f"({result.mode} mode, axis {result.axis}); {result.seconds:.1f} s in all, "
-                 f"{result.embed_seconds:.1f} s embedding {result.encoder_calls} slices")
+                 f"{result.embed_seconds:.1f} s embedding {result.encoder_calls} slices"
+                 + (f"; zoom {result.zoom}, {result.roi_encoder_calls} zoomed crops embedded"
+                    if result.zoom != "off" else ""))
     if result.skipped:
         parts = [f"{s['label']} ({s['reason']})" for s in result.skipped]
         lines.append(f"skipped {len(parts)}: " + ", ".join(parts))

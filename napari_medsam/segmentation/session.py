@@ -15,6 +15,18 @@ import numpy as np
 from napari_medsam.engine.cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
 from napari_medsam.engine.protocol import Box, Embedding, Point, Prediction, PromptModel
 
+from .roi import (
+    DEFAULT_POLICY,
+    OUTSIDE_LOGIT,
+    ZOOM_MODES,
+    Crop,
+    RoiPolicy,
+    choose_crop,
+    combine_predictions,
+    crop_mapping,
+    hysteresis_mask,
+)
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,11 +58,26 @@ class SegmentationSession:
         Also keep embeddings on disk (fp16, keyed by the image's contents, axis, mapping
         and model; see :mod:`napari_medsam.engine.disk_cache`), so that re-opening the same
         scan needs no encoder run.
+    zoom
+        ``"auto"``: a box that is small relative to its slice is segmented in a zoomed crop
+        (:mod:`napari_medsam.segmentation.roi`, rule ``roi_policy``); ``"off"``: always on
+        the whole slice. Settable later (``session.zoom = "off"``).
+    roi_policy
+        When and how to zoom (default :data:`~napari_medsam.segmentation.roi.DEFAULT_POLICY`,
+        chosen by measurement).
+
+    Attributes
+    ----------
+    encoder_calls
+        Encoder runs on whole slices so far.
+    roi_encoder_calls
+        Encoder runs on zoomed crops so far.
     """
 
     def __init__(self, model: PromptModel, volume: np.ndarray, mapping, *,
                  data_id: object | None = None, cache_bytes: int = DEFAULT_BUDGET_BYTES,
-                 cache: EmbeddingCache | None = None, disk_cache: bool = False) -> None:
+                 cache: EmbeddingCache | None = None, disk_cache: bool = False,
+                 zoom: str = "off", roi_policy: RoiPolicy | None = None) -> None:
         if np.ndim(volume) != 3:
             raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
         self.model = model
@@ -64,6 +91,23 @@ class SegmentationSession:
         self._stores: dict[tuple[int, str], object] = {}
         self._digest: str | None = None
         self._store_lock = threading.Lock()
+        self.zoom = zoom
+        self.roi_policy = roi_policy if roi_policy is not None else DEFAULT_POLICY
+        self.roi_encoder_calls = 0
+        self._crops: dict[tuple, list[Crop]] = {}
+        self._crops_lock = threading.Lock()
+
+    @property
+    def zoom(self) -> str:
+        """``"auto"`` (zoom on small boxes) or ``"off"``."""
+        return self._zoom
+
+    @zoom.setter
+    def zoom(self, value: str) -> None:
+        mode = str(value).strip().lower()
+        if mode not in ZOOM_MODES:
+            raise ValueError(f"zoom must be one of {', '.join(ZOOM_MODES)}, got {value!r}")
+        self._zoom = mode
 
     def slice_image(self, ref: SliceRef) -> np.ndarray:
         """The slice as the model sees it (uint8 after the intensity mapping)."""
@@ -120,11 +164,144 @@ class SegmentationSession:
 
     def predict(self, ref: SliceRef, *, box: Box | None = None,
                 points: Sequence[Point] | None = None,
-                mask_input: np.ndarray | None = None) -> Prediction:
-        """A mask on slice ``ref`` for a box (x_min, y_min, x_max, y_max) and/or clicks."""
+                mask_input: np.ndarray | None = None, zoom: bool = True) -> Prediction:
+        """A mask on slice ``ref`` for a box (x_min, y_min, x_max, y_max) and/or clicks.
+
+        With ``session.zoom == "auto"`` a box small enough for a region of interest
+        (:meth:`crop_for`) is also segmented there, and the two predictions are combined
+        (``roi_policy.combine``); the result has the slice's size. ``zoom=False``, a
+        ``mask_input`` or a prompt without a box use the whole slice only.
+        """
         embedding = self.embedding(ref)
         with self._model_lock:
-            return self.model.predict(embedding, box=box, points=points, mask_input=mask_input)
+            plain = self.model.predict(embedding, box=box, points=points,
+                                       mask_input=mask_input)
+        if not zoom or box is None or mask_input is not None:
+            return plain
+        crop = self.crop_for(ref, box)
+        if crop is None:
+            return plain
+        roi = self.predict_in_crop(ref, crop, box=box, points=points)
+        return combine_predictions(plain, roi, self.roi_policy.combine)
+
+    # -- zoomed crops -----------------------------------------------------------------------
+    def slice_shape(self, axis: int) -> tuple[int, int]:
+        """(rows, cols) of the slices across ``axis``."""
+        return tuple(int(s) for a, s in enumerate(self.volume.shape) if a != axis)
+
+    def _input_size(self) -> int:
+        spec = getattr(self.model, "spec", None)
+        return int(getattr(spec, "input_size", 256))
+
+    def crop_key(self, ref: SliceRef, crop: Crop) -> tuple:
+        """Cache key of a crop's embedding (the slice's key, the crop and the crop's grey
+        value rule)."""
+        policy = self.roi_policy
+        return (*self.cache_key(ref), "roi", crop.key, policy.intensity,
+                tuple(policy.percentiles))
+
+    def crop_for(self, ref: SliceRef, box: Box) -> Crop | None:
+        """The region of interest ``box`` is also segmented in, or None (zoom off, or the box
+        gets none; see :func:`~napari_medsam.segmentation.roi.choose_crop`).
+
+        A ROI already embedded on this slice is reused when it holds the box with enough
+        free space around it (``roi_policy.reuse_margin``), so further prompts in the same
+        region cost no encoder run.
+        """
+        if not self.roi_active:
+            return None
+        policy = self.roi_policy
+        shape = self.slice_shape(ref.axis)
+        wanted = choose_crop(box, shape, self._input_size(), policy)
+        if wanted is None:
+            return None
+        x0, y0, x1, y1 = (float(v) for v in box)
+        margin = policy.reuse_margin * max(x1 - x0 + 1.0, y1 - y0 + 1.0)
+        with self._crops_lock:
+            known = list(self._crops.get(self._slice_id(ref), ()))
+        for crop in known:
+            if crop.canvas == wanted.canvas and crop.contains(box, margin, shape) \
+                    and self.crop_key(ref, crop) in self.cache:
+                return crop
+        return wanted
+
+    def _slice_id(self, ref: SliceRef) -> tuple:
+        return (ref.axis, ref.index, self.mapping.key)
+
+    def crop_image(self, ref: SliceRef, crop: Crop) -> np.ndarray:
+        """The ROI as the model sees it: uint8 (grey values by ``roi_policy.intensity``) on
+        the ROI's square canvas."""
+        if not 0 <= ref.axis < 3:
+            raise ValueError(f"axis must be 0, 1 or 2, got {ref.axis}")
+        raw = crop.extract(np.take(self.volume, ref.index, axis=ref.axis))
+        return crop.canvas_image(crop_mapping(raw, self.mapping, self.roi_policy).apply(raw))
+
+    def crop_embedding(self, ref: SliceRef, crop: Crop) -> Embedding:
+        """The crop's embedding, computed once and then taken from the cache."""
+
+        def compute() -> Embedding:
+            image = self.crop_image(ref, crop)
+            with self._model_lock:
+                self.roi_encoder_calls += 1
+                return self.model.embed(image)
+
+        embedding = self.cache.get_or_compute(self.crop_key(ref, crop), compute)
+        with self._crops_lock:
+            crops = self._crops.setdefault(self._slice_id(ref), [])
+            if crop not in crops:
+                crops.append(crop)
+        return embedding
+
+    def predict_in_crop(self, ref: SliceRef, crop: Crop, *, box: Box | None = None,
+                        points: Sequence[Point] | None = None) -> Prediction:
+        """Predict in ``crop`` (prompts given in slice pixels); the result at slice size."""
+        embedding = self.crop_embedding(ref, crop)
+        crop_box = None if box is None else crop.box_to_crop(box)
+        crop_points = None if not points else crop.points_to_crop(points)
+        with self._model_lock:
+            pred = self.model.predict(embedding, box=crop_box, points=crop_points)
+        shape = self.slice_shape(ref.axis)
+        logits = crop.paste(pred.logits.astype(np.float32, copy=False), shape,
+                            np.float32(OUTSIDE_LOGIT))
+        return Prediction(logits=logits, mask=logits > 0, iou=pred.iou,
+                          low_res_logits=pred.low_res_logits)
+
+    @property
+    def roi_active(self) -> bool:
+        """Whether ROIs and the hysteresis threshold are used: ``zoom == "auto"`` and the
+        policy applies to the session's intensity mapping (by default not to CT windows)."""
+        return self._zoom == "auto" and self.roi_policy.applies_to(self.mapping)
+
+    def _weak_logit(self) -> float | None:
+        return self.roi_policy.weak_logit if self.roi_active else None
+
+    def _box_mask(self, ref: SliceRef, box: Box) -> np.ndarray:
+        """The 2D box path's mask (with ``zoom == "auto"``: ROI and hysteresis threshold)."""
+        pred = self.predict(ref, box=box)
+        weak = self._weak_logit()
+        return hysteresis_mask(pred.logits, weak) if weak is not None else pred.mask
+
+    def _zoom_clicks(self, ref: SliceRef, result, positives, negatives) -> np.ndarray:
+        """A click result's box segmented again through the ROI rule (``zoom == "auto"``).
+
+        The box the clicks were turned into is predicted like a drawn box (whole slice and
+        ROI combined, hysteresis threshold); the components under the positive clicks are
+        kept and those holding only negative clicks are removed. Falls back to the click
+        search's own mask when that comes out empty, or when zooming is off.
+        """
+        mask = np.asarray(result.mask, dtype=bool)
+        if result.box is None or self.crop_for(ref, result.box) is None:
+            return mask
+        from .clicks import _components_at
+
+        pos = [(int(round(x)), int(round(y))) for x, y in positives]
+        neg = [(int(round(x)), int(round(y))) for x, y in negatives]
+        redone = self._box_mask(ref, result.box)
+        if pos:
+            redone = _components_at(redone, pos)
+        if neg:
+            redone = redone & ~(_components_at(redone, neg) & ~_components_at(redone, pos))
+        return redone if redone.any() else mask
 
     def predict_prompts(self, ref: SliceRef, boxes: Sequence[Box] = (),
                         positives: Sequence[tuple[float, float]] = (),
@@ -134,7 +311,8 @@ class SegmentationSession:
         Boxes alone: the union of their masks. With clicks, the clicks are turned into a box
         by :func:`~napari_medsam.segmentation.clicks.segment_clicks` (LiteMedSAM answers
         boxes only), refined inside the last drawn box if there is one; other boxes add
-        their own masks.
+        their own masks. With ``zoom == "auto"``, small boxes (drawn or found from clicks)
+        are segmented in a zoomed crop (see :meth:`predict`).
         """
         boxes = list(boxes)
         if not boxes and not positives:
@@ -148,9 +326,9 @@ class SegmentationSession:
                 result = segment_clicks(self.model, embedding, list(positives),
                                         list(negatives), box=boxes.pop() if boxes else None,
                                         image=self.slice_image(ref))
-            mask = np.asarray(result.mask, dtype=bool)
+            mask = self._zoom_clicks(ref, result, positives, negatives)
         for box in boxes:
-            box_mask = self.predict(ref, box=box).mask
+            box_mask = self._box_mask(ref, box)
             mask = box_mask if mask is None else (mask | box_mask)
         return mask
 

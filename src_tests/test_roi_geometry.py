@@ -1,0 +1,132 @@
+"""Crop geometry, the crop size rule, local intensity and the hysteresis threshold (no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_medsam.io.intensity import auto_mapping, ct_window
+from napari_medsam.segmentation.roi import (
+    Crop,
+    RoiPolicy,
+    choose_crop,
+    crop_mapping,
+    hysteresis_mask,
+)
+
+
+def test_crop_round_trip_is_exact():
+    rng = np.random.default_rng(0)
+    shape = (101, 122)
+    image = rng.normal(size=shape).astype(np.float32)
+    crop = Crop(17, 40, 33, 33, 64)
+    part = crop.extract(image)
+    assert part.shape == (33, 33)
+    pasted = crop.paste(part, shape, fill=np.float32(-7))
+    np.testing.assert_array_equal(pasted[crop.slices], image[crop.slices])
+    outside = np.ones(shape, bool)
+    outside[crop.slices] = False
+    assert np.all(pasted[outside] == -7)
+    # a canvas-sized array (the model's output) is cut to the region before pasting
+    canvas = np.zeros((64, 64), np.float32)
+    canvas[:33, :33] = part
+    np.testing.assert_array_equal(crop.paste(canvas, shape, np.float32(-7)), pasted)
+    box = (45.0, 20.0, 60.5, 41.0)
+    assert crop.box_to_slice(crop.box_to_crop(box)) == box
+    assert crop.box_to_crop(box) == (5.0, 3.0, 20.5, 24.0)
+    assert crop.points_to_crop([(50, 30, 1)]) == [(10.0, 13.0, 1.0)]
+    with pytest.raises(ValueError, match="does not fit"):
+        crop.paste(np.zeros((3, 3)), shape)
+    with pytest.raises(ValueError, match="canvas"):
+        Crop(0, 0, 40, 40, 32)
+
+
+def test_canvas_image_pads_with_the_lowest_grey_value():
+    region = np.arange(12, 12 + 30 * 20, dtype=np.uint8)[:600].reshape(30, 20)
+    crop = Crop(0, 0, 30, 20, 64)
+    image = crop.canvas_image(region)
+    assert image.shape == (64, 64) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[:30, :20], region)
+    assert np.all(image[30:] == region.min()) and np.all(image[:, 20:] == region.min())
+    square = Crop(5, 5, 64, 64, 64)
+    full = np.ones((64, 64), np.uint8)
+    assert square.canvas_image(full) is full
+
+
+def test_choose_crop_is_a_fixed_roi_centred_on_small_boxes():
+    policy = RoiPolicy(upsample=4.0, context=1.25)  # ROI: 256 / 4 = 64 native pixels
+    shape = (512, 512)
+    crop = choose_crop((100, 200, 139, 219), shape, 256, policy)  # 40 x 20 box
+    assert crop is not None and (crop.rows, crop.cols, crop.canvas) == (64, 64, 64)
+    assert crop.contains((100, 200, 139, 219))
+    assert abs((crop.x0 + crop.cols / 2) - 120) <= 1 and abs((crop.y0 + crop.rows / 2) - 210) <= 1
+    # near the border the square is shifted inside the slice, never cut
+    edge = choose_crop((0, 500, 19, 511), shape, 256, policy)
+    assert edge is not None and (edge.rows, edge.cols) == (64, 64)
+    assert edge.x0 == 0 and edge.y0 + edge.rows == 512
+    # a box too large for the ROI with its context: none
+    assert choose_crop((0, 0, 59, 59), shape, 256, policy) is None
+    assert choose_crop((0, 0, 50, 50), shape, 256, policy) is not None  # 51 * 1.25 <= 64
+
+
+def test_choose_crop_on_a_small_slice_is_the_whole_slice_on_a_canvas():
+    policy = RoiPolicy(upsample=4.0, context=1.25)
+    crop = choose_crop((5, 10, 20, 30), (52, 34), 256, policy)
+    assert crop is not None and crop.key == (0, 0, 52, 34, 64)
+    assert choose_crop((5, 10, 20, 30), (64, 40), 256, policy) is None  # already seen at 4x
+
+
+def test_crop_contains_with_margin_and_slice_border():
+    crop = Crop(0, 10, 40, 40, 40)
+    assert crop.contains((20, 5, 30, 20), margin=4)
+    assert not crop.contains((20, 2, 30, 20), margin=4)
+    assert crop.contains((20, 2, 30, 20), margin=4, shape=(100, 100))  # top is the border
+    assert not crop.contains((5, 5, 30, 20))
+
+
+def test_combine_predictions():
+    from napari_medsam.engine.protocol import Prediction
+    from napari_medsam.segmentation.roi import combine_predictions
+
+    a = Prediction(np.full((4, 4), 1.0, np.float32), np.ones((4, 4), bool), 0.5, np.zeros(1))
+    b = Prediction(np.full((4, 4), -3.0, np.float32), np.zeros((4, 4), bool), 0.9, np.zeros(1))
+    assert combine_predictions(a, b, "iou") is b
+    assert combine_predictions(a, b, "roi") is b
+    mean = combine_predictions(a, b, "mean")
+    assert np.all(mean.logits == -1.0) and not mean.mask.any() and mean.iou == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="combine"):
+        combine_predictions(a, b, "max")
+
+
+def test_local_intensity_only_for_data_driven_mappings():
+    raw = np.linspace(0, 1000, 400).reshape(20, 20)
+    ct = ct_window("abdomen")
+    assert crop_mapping(raw, ct, RoiPolicy(intensity="auto")) is ct
+    mr = auto_mapping(np.linspace(0, 3000, 1000).reshape(10, 10, 10), "MR")
+    local = crop_mapping(raw, mr, RoiPolicy(intensity="auto", percentiles=(1, 99)))
+    assert local.low == pytest.approx(np.percentile(raw, 1))
+    assert local.high == pytest.approx(np.percentile(raw, 99))
+    assert crop_mapping(raw, mr, RoiPolicy(intensity="slice")) is mr
+    assert crop_mapping(np.zeros((5, 5)), mr, RoiPolicy(intensity="local")) is mr  # flat
+
+
+def test_hysteresis_joins_weak_pixels_connected_to_the_core():
+    logits = np.full((8, 8), -10.0)
+    logits[2:4, 2:4] = 3.0  # core
+    logits[4:6, 2:4] = -1.0  # weak, touching the core
+    logits[6:8, 6:8] = -1.0  # weak, isolated
+    mask = hysteresis_mask(logits, -2.0)
+    assert mask[2:6, 2:4].all() and not mask[6:, 6:].any() and mask.sum() == 8
+    np.testing.assert_array_equal(hysteresis_mask(logits, None), logits > 0)
+    assert not hysteresis_mask(np.full((4, 4), -1.0), -2.0).any()  # no core, nothing
+
+
+def test_policy_validation():
+    with pytest.raises(ValueError, match="context"):
+        RoiPolicy(context=0.5)
+    with pytest.raises(ValueError, match="intensity"):
+        RoiPolicy(intensity="wild")
+    with pytest.raises(ValueError, match="percentiles"):
+        RoiPolicy(percentiles=(50, 10))
+    with pytest.raises(ValueError, match="combine"):
+        RoiPolicy(combine="vote")
