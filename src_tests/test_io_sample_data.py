@@ -55,8 +55,9 @@ def test_sample_path_aliases():
 @pytest.mark.parametrize(
     ("loader", "key", "spacing_zyx", "label", "name"),
     [
-        (sample_ct, "totalseg_ct_abdomen_pelvis", (3.0, 3.0, 3.0), 5, "liver"),
-        (sample_mr, "pyradiomics_brain1_mr", (6.5, 0.78125, 0.78125), 1, "brain tumor"),
+        # scale signs: the in-plane axes the file stores reversed are flipped for display
+        (sample_ct, "totalseg_ct_abdomen_pelvis", (3.0, -3.0, -3.0), 5, "liver"),
+        (sample_mr, "pyradiomics_brain1_mr", (6.5, -0.78125, 0.78125), 1, "brain tumor"),
     ],
 )
 def test_sample_layers(loader, key, spacing_zyx, label, name):
@@ -69,7 +70,7 @@ def test_sample_layers(loader, key, spacing_zyx, label, name):
     assert tuple(label_kwargs["translate"]) == tuple(image_kwargs["translate"])
     low, high = image_kwargs["contrast_limits"]
     assert low < high
-    assert image_kwargs["metadata"]["spacing"] == list(reversed(image_kwargs["scale"]))
+    assert image_kwargs["metadata"]["spacing"] == [abs(v) for v in reversed(image_kwargs["scale"])]
     assert label_kwargs["metadata"]["label_names"] == label_names(key)
     assert label_kwargs["metadata"]["label_names"][label] == name
     assert np.count_nonzero(labels == label) > 0
