@@ -126,14 +126,16 @@ def seed_from_npz(model: DiskCachedModel, session: SegmentationSession, npz: Pat
 
 def build_policy(args: argparse.Namespace):
     fields = {}
-    for name in ("context", "upsample", "combine", "intensity", "weak_logit"):
+    for name in ("context", "upsample", "combine", "intensity", "weak_logit", "clicks"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
     if args.no_weak:
         fields["weak_logit"] = None
     if args.on_ct:
-        fields["on_ct_windows"] = True
+        fields["on_ct_windows"] = args.on_ct
+    if args.weak_everywhere:
+        fields["weak_everywhere"] = True
     if args.percentiles:
         lo, hi = (float(v) for v in args.percentiles.split(","))
         fields["percentiles"] = (lo, hi)
@@ -180,12 +182,15 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=float)
     p.add_argument("--upsample", type=float)
     p.add_argument("--combine", choices=["iou", "mean", "roi"])
+    p.add_argument("--clicks", choices=["off", "box", "refit"])
     p.add_argument("--intensity", choices=["auto", "slice", "local"])
     p.add_argument("--percentiles", help="low,high for local intensity")
     p.add_argument("--weak-logit", dest="weak_logit", type=float)
     p.add_argument("--no-weak", action="store_true", help="no hysteresis threshold")
-    p.add_argument("--on-ct", action="store_true",
-                   help="use the ROI rule on CT windows too (off by default)")
+    p.add_argument("--on-ct", choices=["downsampled", "always", "never"],
+                   help="where the ROI rule applies on CT windows")
+    p.add_argument("--weak-everywhere", action="store_true",
+                   help="hysteresis on every box, not only on boxes with a ROI")
     p.add_argument("--emb-cache", default="/tmp/roi/emb", help="disk cache of encoder outputs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the per-case results here")

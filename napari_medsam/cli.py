@@ -137,7 +137,7 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
 
 def _add_zoom_option(p: argparse.ArgumentParser) -> None:
     """``--zoom auto|off``: small boxes segmented in a zoomed crop (issue 8)."""
-    p.add_argument("--zoom", default="off", choices=["auto", "off"],
+    p.add_argument("--zoom", default="auto", choices=["auto", "off"],
                    help="auto: segment boxes that are small relative to the slice in a zoomed "
                         "crop (one more encoder run per new region); off: whole slices only")
 

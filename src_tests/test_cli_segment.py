@@ -154,7 +154,8 @@ class BoxFillModel:
         mask = np.zeros(embedding.original_size, bool)
         x0, y0, x1, y1 = (int(v) for v in box)
         mask[y0:y1 + 1, x0:x1 + 1] = True
-        return Prediction(mask.astype(np.float32), mask, 1.0, np.zeros((1, 1, 4, 4), np.float32))
+        logits = np.where(mask, 10.0, -10.0).astype(np.float32)  # model-like logits
+        return Prediction(logits, mask, 1.0, np.zeros((1, 1, 4, 4), np.float32))
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

@@ -93,7 +93,8 @@ def test_roi_embedding_is_cached_and_reused(litemedsam, monkeypatch):
 
 
 def test_ct_windows_are_left_alone(litemedsam):
-    """On CT (a fixed HU window) the measured rule uses no ROI: auto equals off exactly."""
+    """On CT slices no larger than the model input (122x101 here) the measured rule uses
+    no ROI: auto equals off exactly."""
     volume, reference = _load(case_dir("totalseg_ct_abdomen_sm"), "image.nii.gz",
                               "label.nii.gz")
     adrenal = reference == 8
@@ -102,7 +103,7 @@ def test_ct_windows_are_left_alone(litemedsam):
     box = tight_box(adrenal[index])
     auto = _session(litemedsam, volume, "auto")
     off = _session(litemedsam, volume, "off", cache=auto.cache)
-    assert not auto.roi_active and auto.crop_for(ref, box) is None
+    assert not auto.roi_active(0) and auto.crop_for(ref, box) is None
     np.testing.assert_array_equal(auto.predict_prompts(ref, [box]),
                                   off.predict_prompts(ref, [box]))
     assert auto.roi_encoder_calls == 0
@@ -128,3 +129,29 @@ def test_eval_cli_zoom_option(tmp_path, capsys):
     assert result["zoom"] == "auto" and result["roi_encoder_calls"] == result["encoder_calls"]
     assert result["mean_dice"] > 0.75  # measured 0.81 (zoom off: 0.623)
     assert "zoomed crops" in capsys.readouterr().out
+
+
+def test_clicks_are_unchanged_and_3d_boxes_follow_the_object(litemedsam):
+    from napari_medsam.evaluation import interior_click
+    from napari_medsam.segmentation.propagation import box_range
+
+    volume, reference = _load(MR_ABDOMEN, "image.nii.gz", "label.nii.gz")
+    auto = _session(litemedsam, volume, "auto")
+    off = _session(litemedsam, volume, "off", cache=auto.cache)
+    kidney = reference == 2  # right kidney: largest on slice 5, a 16x14 box
+    index = int(np.argmax(kidney.sum(axis=(1, 2))))
+    ref = SliceRef(0, index)
+    click = interior_click(kidney[index])
+    # roi_policy.clicks == "off" (measured worse on the MR abdomen): a click mask is the same
+    np.testing.assert_array_equal(auto.predict_prompts(ref, positives=[click]),
+                                  off.predict_prompts(ref, positives=[click]))
+    assert auto.roi_encoder_calls == 0
+    # a 3D box: each slice's box (from its neighbour's mask) gets its own ROI on that slice
+    results = list(box_range(auto, 0, index, tight_box(kidney[index]), index - 1, index + 1))
+    assert sorted(r.index for r in results) == [index - 1, index, index + 1]
+    assert all(r.mask.any() for r in results)
+    assert 3 <= auto.roi_encoder_calls <= 6
+    for r in results:
+        crop = auto.crop_for(SliceRef(0, r.index), r.box)
+        assert crop is not None and crop.contains(r.box)
+        assert auto.crop_key(SliceRef(0, r.index), crop) in auto.cache

@@ -8,6 +8,11 @@ ends or the model loses it; between two anchors, the slices are filled from both
 
 The rules and margins were chosen by measurement on real CT and MRI scans; see
 ``docs/propagation.md`` and ``benchmarks/propagation_eval.py``.
+
+Every prediction goes through ``session.predict``: with ``session.zoom == "auto"`` a box small
+enough for a region of interest is also segmented in one around it
+(:mod:`napari_medsam.segmentation.roi`), so the ROI follows the object from slice to slice
+(one encoder run per new ROI; the refit on the same slice reuses it when it still fits).
 """
 
 from __future__ import annotations

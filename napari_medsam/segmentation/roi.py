@@ -183,10 +183,17 @@ class RoiPolicy:
     weak_logit
         Hysteresis threshold for box prompts (None: plain ``logit > 0``): pixels with logit
         above ``weak_logit`` that are connected to a pixel above 0 join the mask.
+    weak_everywhere
+        Use the hysteresis threshold on every box mask, not only on boxes that got a ROI.
+    clicks
+        What the rule does to a mask grown from clicks: ``"off"`` (nothing: measured
+        worse), ``"box"`` (the box the click search ended with is segmented like a drawn
+        box) or ``"refit"`` (the click mask's bounding box, grown by 10 % + 1 pixel, is).
     on_ct_windows
-        Also use ROIs and the hysteresis threshold when the model sees a fixed CT window
-        (Hounsfield units). Off: measured worse on CT, where LiteMedSAM is strong; the
-        rule then applies to data-driven mappings (MRI percentiles, min-max) only.
+        Where the rule is used when the model sees a fixed CT window (Hounsfield units):
+        ``"downsampled"`` only on slices larger than the model input (which the model sees
+        shrunk, so small structures lose pixels), ``"always"`` or ``"never"``. Data-driven
+        mappings (MRI percentiles, min-max) always use it.
     """
 
     upsample: float = 4.0
@@ -196,11 +203,15 @@ class RoiPolicy:
     intensity: str = "slice"
     percentiles: tuple[float, float] = (0.5, 99.5)
     weak_logit: float | None = -3.0
-    on_ct_windows: bool = False
+    weak_everywhere: bool = False
+    clicks: str = "off"
+    on_ct_windows: str = "downsampled"
 
-    def applies_to(self, mapping) -> bool:
-        """Whether the rule is used for a session whose model sees ``mapping``."""
-        return self.on_ct_windows or not is_fixed_window(mapping)
+    def applies_to(self, mapping, shape: tuple[int, int], input_size: int) -> bool:
+        """Whether the rule is used on slices of ``shape`` that the model sees via ``mapping``."""
+        if not is_fixed_window(mapping) or self.on_ct_windows == "always":
+            return True
+        return self.on_ct_windows == "downsampled" and max(shape) > input_size
 
     def __post_init__(self) -> None:
         if self.context < 1.0:
@@ -210,6 +221,11 @@ class RoiPolicy:
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got "
                              f"{self.combine!r}")
+        if self.clicks not in ("off", "box", "refit"):
+            raise ValueError(f"clicks must be 'off', 'box' or 'refit', got {self.clicks!r}")
+        if self.on_ct_windows not in ("downsampled", "always", "never"):
+            raise ValueError(f"on_ct_windows must be 'downsampled', 'always' or 'never', got "
+                             f"{self.on_ct_windows!r}")
         if self.intensity not in ("auto", "slice", "local"):
             raise ValueError(f"intensity must be 'auto', 'slice' or 'local', got "
                              f"{self.intensity!r}")

@@ -59,25 +59,27 @@ class SegmentationSession:
         and model; see :mod:`napari_medsam.engine.disk_cache`), so that re-opening the same
         scan needs no encoder run.
     zoom
-        ``"auto"``: a box that is small relative to its slice is segmented in a zoomed crop
-        (:mod:`napari_medsam.segmentation.roi`, rule ``roi_policy``); ``"off"``: always on
-        the whole slice. Settable later (``session.zoom = "off"``).
+        ``"auto"`` (default): a small box is also segmented in a region of interest around
+        it, seen at 4 model pixels per native pixel, and box masks get a hysteresis threshold
+        (:mod:`napari_medsam.segmentation.roi`; on MRI and other data-driven mappings, and on
+        CT slices larger than the model input). ``"off"``: the whole slice only, exactly as
+        before. Settable at any time (``session.zoom = "off"``).
     roi_policy
-        When and how to zoom (default :data:`~napari_medsam.segmentation.roi.DEFAULT_POLICY`,
-        chosen by measurement).
+        The rule's parameters (default :data:`~napari_medsam.segmentation.roi.DEFAULT_POLICY`,
+        chosen by measurement, ``docs/evaluation.md``).
 
     Attributes
     ----------
     encoder_calls
         Encoder runs on whole slices so far.
     roi_encoder_calls
-        Encoder runs on zoomed crops so far.
+        Encoder runs on regions of interest so far.
     """
 
     def __init__(self, model: PromptModel, volume: np.ndarray, mapping, *,
                  data_id: object | None = None, cache_bytes: int = DEFAULT_BUDGET_BYTES,
                  cache: EmbeddingCache | None = None, disk_cache: bool = False,
-                 zoom: str = "off", roi_policy: RoiPolicy | None = None) -> None:
+                 zoom: str = "auto", roi_policy: RoiPolicy | None = None) -> None:
         if np.ndim(volume) != 3:
             raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
         self.model = model
@@ -99,7 +101,7 @@ class SegmentationSession:
 
     @property
     def zoom(self) -> str:
-        """``"auto"`` (zoom on small boxes) or ``"off"``."""
+        """``"auto"`` (regions of interest for small boxes) or ``"off"``."""
         return self._zoom
 
     @zoom.setter
@@ -184,7 +186,7 @@ class SegmentationSession:
         roi = self.predict_in_crop(ref, crop, box=box, points=points)
         return combine_predictions(plain, roi, self.roi_policy.combine)
 
-    # -- zoomed crops -----------------------------------------------------------------------
+    # -- regions of interest ------------------------------------------------------------
     def slice_shape(self, axis: int) -> tuple[int, int]:
         """(rows, cols) of the slices across ``axis``."""
         return tuple(int(s) for a, s in enumerate(self.volume.shape) if a != axis)
@@ -208,7 +210,7 @@ class SegmentationSession:
         free space around it (``roi_policy.reuse_margin``), so further prompts in the same
         region cost no encoder run.
         """
-        if not self.roi_active:
+        if not self.roi_active(ref.axis):
             return None
         policy = self.roi_policy
         shape = self.slice_shape(ref.axis)
@@ -266,37 +268,45 @@ class SegmentationSession:
         return Prediction(logits=logits, mask=logits > 0, iou=pred.iou,
                           low_res_logits=pred.low_res_logits)
 
-    @property
-    def roi_active(self) -> bool:
-        """Whether ROIs and the hysteresis threshold are used: ``zoom == "auto"`` and the
-        policy applies to the session's intensity mapping (by default not to CT windows)."""
-        return self._zoom == "auto" and self.roi_policy.applies_to(self.mapping)
-
-    def _weak_logit(self) -> float | None:
-        return self.roi_policy.weak_logit if self.roi_active else None
+    def roi_active(self, axis: int = 0) -> bool:
+        """Whether slices across ``axis`` use ROIs and the hysteresis threshold:
+        ``zoom == "auto"`` and the policy applies to the session's intensity mapping and
+        slice size (:meth:`~napari_medsam.segmentation.roi.RoiPolicy.applies_to`)."""
+        return self._zoom == "auto" and self.roi_policy.applies_to(
+            self.mapping, self.slice_shape(axis), self._input_size())
 
     def _box_mask(self, ref: SliceRef, box: Box) -> np.ndarray:
-        """The 2D box path's mask (with ``zoom == "auto"``: ROI and hysteresis threshold)."""
+        """The 2D box path's mask: with ``zoom == "auto"``, ROI and hysteresis threshold
+        (on boxes that got a ROI, or on all when ``roi_policy.weak_everywhere``)."""
         pred = self.predict(ref, box=box)
-        weak = self._weak_logit()
-        return hysteresis_mask(pred.logits, weak) if weak is not None else pred.mask
+        policy = self.roi_policy
+        if policy.weak_logit is None or not self.roi_active(ref.axis):
+            return pred.mask
+        if not policy.weak_everywhere and self.crop_for(ref, box) is None:
+            return pred.mask
+        return hysteresis_mask(pred.logits, policy.weak_logit)
 
     def _zoom_clicks(self, ref: SliceRef, result, positives, negatives) -> np.ndarray:
-        """A click result's box segmented again through the ROI rule (``zoom == "auto"``).
+        """A click result segmented again through the ROI rule (``roi_policy.clicks``).
 
-        The box the clicks were turned into is predicted like a drawn box (whole slice and
-        ROI combined, hysteresis threshold); the components under the positive clicks are
-        kept and those holding only negative clicks are removed. Falls back to the click
-        search's own mask when that comes out empty, or when zooming is off.
+        ``"box"``: the box the click search ended with, ``"refit"``: the click mask's box
+        grown by 10 % + 1 pixel, is predicted like a drawn box (whole slice and ROI
+        combined, hysteresis threshold); the components under the positive clicks are kept
+        and those holding only negative clicks are removed. Falls back to the click search's
+        own mask when the box gets no ROI or the new mask comes out empty.
         """
         mask = np.asarray(result.mask, dtype=bool)
-        if result.box is None or self.crop_for(ref, result.box) is None:
+        mode = self.roi_policy.clicks
+        if mode == "off" or result.box is None or not mask.any():
             return mask
-        from .clicks import _components_at
+        from .clicks import _components_at, _fit_box
 
+        box = result.box if mode == "box" else _fit_box(mask, mask.shape)
+        if self.crop_for(ref, box) is None:
+            return mask
         pos = [(int(round(x)), int(round(y))) for x, y in positives]
         neg = [(int(round(x)), int(round(y))) for x, y in negatives]
-        redone = self._box_mask(ref, result.box)
+        redone = self._box_mask(ref, box)
         if pos:
             redone = _components_at(redone, pos)
         if neg:
