@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    from napari_medsam.bench import default_data_dir
+    from napari_medsam.bench import require_data_dir
     from napari_medsam.engine import load_model
     from napari_medsam.engine.backends import default_cache_bytes
     from napari_medsam.engine.cache import EmbeddingCache
@@ -101,9 +101,7 @@ def main() -> None:
     from napari_medsam.io import auto_mapping
     from napari_medsam.segmentation.session import SegmentationSession, SliceRef
 
-    data = default_data_dir()
-    if data is None:
-        raise SystemExit("no ../shared/data: set NAPARI_MEDSAM_DATA")
+    data = require_data_dir()
     stages = {"imports": status_kib("VmRSS")}
     image, labels = build_volume(data, args.depth)
     boxes = boxes_for(labels, args.boxes)  # then drop the labels: not part of the session

@@ -32,13 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _load_case(case: str):
-    from napari_medsam.bench import default_data_dir
+    from napari_medsam.bench import require_data_dir
     from napari_medsam.io import auto_mapping, read_volume
 
-    data = default_data_dir()
-    if data is None:
-        raise SystemExit("no ../shared/data: set NAPARI_MEDSAM_DATA")
-    folder = data / case
+    folder = require_data_dir() / case
     volume = read_volume(folder / "image.nii.gz")
     reference = np.asarray(read_volume(folder / "label.nii.gz").array)
     array = np.ascontiguousarray(volume.array)

@@ -32,12 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _data_dir() -> Path:
-    from napari_medsam.bench import default_data_dir
+    from napari_medsam.bench import require_data_dir
 
-    found = default_data_dir()
-    if found is None:
-        raise SystemExit("no ../shared/data: set NAPARI_MEDSAM_DATA")
-    return found
+    return require_data_dir()
 
 
 def _fresh_cache(model: str) -> Path:

@@ -59,6 +59,14 @@ def default_data_dir() -> Path | None:
     return None
 
 
+def require_data_dir() -> Path:
+    """:func:`default_data_dir`, or exit with a message naming the fix (benchmark scripts)."""
+    found = default_data_dir()
+    if found is None:
+        raise SystemExit("no ../shared/data: set NAPARI_MEDSAM_DATA")
+    return found
+
+
 def bench_slices(data_dir: Path, count: int = 8) -> list[BenchSlice]:
     """``count`` slices spread over the bench cases, each with a box from its reference.
 

@@ -78,6 +78,20 @@ def load_case(name: str, image: str = "image.nii.gz", label: str | None = "label
     return volume, reference, mapping.apply(volume.array)
 
 
+@pytest.fixture(scope="module")
+def ct_liver_crop():
+    """Six real CT slices through the liver (a crop of the small abdomen CT), their
+    reference labels and the CT mapping."""
+    import numpy as np
+
+    from napari_medsam.io.intensity import auto_mapping
+
+    volume, reference, _ = load_case("totalseg_ct_abdomen_sm")
+    z = int((reference == 5).sum(axis=(1, 2)).argmax())
+    array = np.ascontiguousarray(volume.array[z - 3:z + 3])
+    return array, reference[z - 3:z + 3], auto_mapping(volume.array, volume.modality)
+
+
 def largest_slice(reference, label: int, axis: int = 0) -> int:
     """Index of the slice along ``axis`` where ``label`` covers most pixels."""
     import numpy as np

@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import load_case, tight_box
+from conftest import tight_box
 
 from napari_medsam.engine import providers as prov
 from napari_medsam.engine.disk_cache import DiskEmbeddingStore
@@ -106,14 +106,9 @@ class FakeBatchModel:
 
 
 @pytest.fixture(scope="module")
-def ct():
+def ct(ct_liver_crop):
     """Six real CT slices through the liver, their reference labels and the CT mapping."""
-    from napari_medsam.io.intensity import auto_mapping
-
-    volume, reference, _ = load_case("totalseg_ct_abdomen_sm")
-    z = int((reference == 5).sum(axis=(1, 2)).argmax())
-    array = np.ascontiguousarray(volume.array[z - 3:z + 3])
-    return array, reference[z - 3:z + 3], auto_mapping(volume.array, volume.modality)
+    return ct_liver_crop
 
 
 def _check_stored(store, array, mapping) -> None:

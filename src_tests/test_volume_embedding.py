@@ -19,7 +19,7 @@ from napari_medsam.engine.volume_embedding import (
     encode_plan,
     slice_order,
 )
-from napari_medsam.io.intensity import auto_mapping, mapping_from_name
+from napari_medsam.io.intensity import mapping_from_name
 from napari_medsam.models.registry import get_spec
 
 MB2 = 256 * 64 * 64 * 2  # one LiteMedSAM embedding in float16
@@ -64,12 +64,9 @@ class FakeModel:
 
 
 @pytest.fixture(scope="module")
-def ct():
-    """Six real CT slices through the liver (a crop of the small abdomen CT) and its mapping."""
-    volume, reference, _ = load_case("totalseg_ct_abdomen_sm")
-    z = int((reference == 5).sum(axis=(1, 2)).argmax())
-    array = np.ascontiguousarray(volume.array[z - 3:z + 3])
-    return array, reference[z - 3:z + 3], auto_mapping(volume.array, volume.modality)
+def ct(ct_liver_crop):
+    """Six real CT slices through the liver, their reference labels and the CT mapping."""
+    return ct_liver_crop
 
 
 @pytest.fixture(scope="module")
