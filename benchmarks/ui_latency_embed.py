@@ -76,6 +76,7 @@ class LatencyProbe:
 
         self.interval_ms = interval_ms
         self.lateness_ms: list[float] = []
+        self.tick_s: list[float] = []  # seconds since start() of each tick
         self._timer = QTimer()
         self._timer.setTimerType(Qt.TimerType.PreciseTimer)
         self._timer.setSingleShot(True)
@@ -86,6 +87,8 @@ class LatencyProbe:
 
     def start(self) -> None:
         self.lateness_ms = []
+        self.tick_s = []
+        self._started_at = time.perf_counter()
         self._running = True
         self._arm()
 
@@ -101,8 +104,10 @@ class LatencyProbe:
     def _tick(self) -> None:
         if not self._running:
             return
-        elapsed = (time.perf_counter() - self._armed_at) * 1000.0
+        now = time.perf_counter()
+        elapsed = (now - self._armed_at) * 1000.0
         self.lateness_ms.append(elapsed - self.interval_ms)
+        self.tick_s.append(now - self._started_at)
         self._arm()
 
 
@@ -183,6 +188,7 @@ def main() -> int:
                        "the volume embedding")
         wall = time.perf_counter() - clicked
         busy = probe.stop()
+        worst = sorted(zip(busy, probe.tick_s), reverse=True)[:3]
         summary = results[0]
         if summary is None:
             raise SystemExit("embedding failed (see the log)")
@@ -201,6 +207,8 @@ def main() -> int:
             "interval_ms": args.interval, "idle": _stats(idle), "embedding": _stats(busy),
             "loadavg_start": [round(v, 2) for v in load_start],
             "loadavg_end": [round(v, 2) for v in load_end], "cpu_count": os.cpu_count(),
+            "worst_ticks": [{"lateness_ms": round(late, 1), "at_s": round(at, 2)}
+                            for late, at in worst],
         }
         widget.shutdown()
     finally:
@@ -222,6 +230,8 @@ def main() -> int:
     print(f"Qt event-loop lateness of a {args.interval} ms timer:")
     print(line("idle", report["idle"]))
     print(line("embedding", report["embedding"]))
+    print("  worst ticks: " + ", ".join(f"{w['lateness_ms']} ms at {w['at_s']} s after the click"
+                                         for w in report["worst_ticks"]))
     print(f"load average: {' '.join(map(str, report['loadavg_start']))} at start, "
           f"{' '.join(map(str, report['loadavg_end']))} at end ({os.cpu_count()} CPUs)")
     if args.json:

@@ -196,10 +196,14 @@ class EmbedPanel(QGroupBox):
         def job() -> EmbedSummary:
             from napari_medsam.engine.volume_embedding import VolumeEmbedder
 
-            store = session._store(axis)  # the disk store the session reads (or None)
+            store = session.disk_store(axis)  # the disk store the session reads (or None)
+            # release_after=False: freeing OpenVINO's THROUGHPUT encoder holds the GIL for
+            # ~110 ms (measured), a visible UI stall; it is kept for the next run instead and
+            # goes with the model (reload, backend switch, close)
             embedder = VolumeEmbedder(session.model, session.volume, session.mapping, axis,
                                       store=store, cache=session.cache,
-                                      cache_key=lambda i: session.cache_key(SliceRef(axis, i)))
+                                      cache_key=lambda i: session.cache_key(SliceRef(axis, i)),
+                                      release_after=False)
             self._embedder = embedder
             if self._holds:
                 embedder.pause()

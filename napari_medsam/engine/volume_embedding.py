@@ -245,7 +245,8 @@ class VolumeEmbedder:
         :func:`~.disk_cache.array_digest` of ``volume`` when already known.
     release_after
         Free OpenVINO's THROUGHPUT encoder when done (its per-stream buffers, ~150 MiB
-        each; recompiling takes ~0.5 s from the compile cache).
+        each; recompiling takes ~0.5 s from the compile cache). Freeing it holds the GIL
+        for ~110 ms on 2 cores, so a GUI keeps it (``False``) to avoid a UI stall.
     """
 
     def __init__(self, model, volume: np.ndarray, mapping=None, axis: int = 0, *,

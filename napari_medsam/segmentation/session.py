@@ -127,7 +127,7 @@ class SegmentationSession:
         """The slice's embedding, computed once and then taken from the cache."""
 
         def compute() -> Embedding:
-            store = self._store(ref.axis)
+            store = self.disk_store(ref.axis)
             if store is not None:
                 stored = store.get(ref.index)
                 if stored is not None:
@@ -145,7 +145,7 @@ class SegmentationSession:
 
         return self.cache.get_or_compute(self.cache_key(ref), compute)
 
-    def _store(self, axis: int):
+    def disk_store(self, axis: int):
         """The disk store of ``axis`` under the current mapping (None when disabled)."""
         if not self.disk_cache or not hasattr(self.model, "spec"):
             return None
