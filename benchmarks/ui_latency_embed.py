@@ -188,7 +188,7 @@ def main() -> int:
                        "the volume embedding")
         wall = time.perf_counter() - clicked
         busy = probe.stop()
-        worst = sorted(zip(busy, probe.tick_s), reverse=True)[:3]
+        worst = sorted(zip(busy, probe.tick_s, strict=True), reverse=True)[:3]
         summary = results[0]
         if summary is None:
             raise SystemExit("embedding failed (see the log)")
