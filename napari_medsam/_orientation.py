@@ -37,7 +37,14 @@ def vertical_orientation(viewer, image) -> str:
 def apply_orientation(viewer, image) -> None:
     """Point the camera's vertical axis so that superior is up in coronal/sagittal views."""
     wanted = vertical_orientation(viewer, image)
-    current = viewer.camera.orientation2d
+    camera = viewer_camera(viewer)
+    current = camera.orientation2d
     if str(getattr(current[0], "value", current[0])) != wanted:
-        viewer.camera.orientation2d = (wanted, current[1])
+        camera.orientation2d = (wanted, current[1])
         logger.debug("camera vertical axis now points %s", wanted)
+
+
+def viewer_camera(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import dice
 
+from napari_medsam._orientation import viewer_camera
 from napari_medsam._sample_data import sample_ct
 from napari_medsam._widget import BOXES_LAYER, SegmentWidget
 
@@ -68,7 +69,7 @@ def test_axial_box_preview_accept_undo_redo(ready, qtbot):
 
 
 def _vertical(viewer) -> str:
-    value = viewer.camera.orientation2d[0]
+    value = viewer_camera(viewer).orientation2d[0]
     return str(getattr(value, "value", value))
 
 
