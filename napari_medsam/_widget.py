@@ -324,6 +324,8 @@ class SegmentWidget(QWidget):
                 continue
             self._watched.add(id(layer))
             layer.events.data.connect(hook)
+            if layer is clicks:
+                layer.events.feature_defaults.connect(self._on_click_default)
             layer.bind_key("Enter", lambda _layer: self.accept(), overwrite=True)
             layer.bind_key("Escape", lambda _layer: self.clear(), overwrite=True)
             layer.bind_key("n", lambda _layer: self.new_object(), overwrite=True)
@@ -370,6 +372,21 @@ class SegmentWidget(QWidget):
     def _on_click_sign(self, negative: bool) -> None:
         if CLICKS_LAYER in self.viewer.layers:
             self.viewer.layers[CLICKS_LAYER].feature_defaults = {"sign": 0 if negative else 1}
+
+    def _on_click_default(self, *_args) -> None:
+        """Keep *Negative clicks* showing the sign the next click gets.
+
+        napari copies a selected point's features into the layer's defaults, so selecting a
+        negative click by hand makes the next click negative: the check box follows.
+        """
+        if CLICKS_LAYER not in self.viewer.layers:
+            return
+        defaults = self.viewer.layers[CLICKS_LAYER].feature_defaults
+        if "sign" not in defaults or len(defaults) == 0:
+            return
+        negative = int(defaults["sign"].iloc[0]) == 0
+        if negative != self.negative_check.isChecked():
+            self.negative_check.setChecked(negative)
 
     def _on_clicks_changed(self, *_args) -> None:
         color_clicks(self.viewer.layers[CLICKS_LAYER])
@@ -611,6 +628,7 @@ class SegmentWidget(QWidget):
         """Drop the prompts of slice ``ref`` (default: the displayed one) and the preview."""
         ref = ref or self.current_slice()
         if ref is not None:
+            negative = self.negative_check.isChecked()
             for name in (BOXES_LAYER, CLICKS_LAYER):
                 if name not in self.viewer.layers:
                     continue
@@ -619,9 +637,10 @@ class SegmentWidget(QWidget):
                 if len(keep) != len(layer.data):
                     layer.selected_data = set(range(len(layer.data))) - set(keep)
                     layer.remove_selected()
-            # selecting points makes napari copy their features into the defaults: after
-            # removing negative clicks, the next click would be negative too (no preview)
-            self._on_click_sign(self.negative_check.isChecked())
+            # selecting points makes napari copy their features into the defaults (and the
+            # check box follows them): the sign chosen before the removal comes back
+            self.negative_check.setChecked(negative)
+            self._on_click_sign(negative)
         self._generation += 1
         self._show_preview((self._generation, ref, None))
 

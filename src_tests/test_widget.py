@@ -240,3 +240,26 @@ def test_refine_shows_a_diff_and_accepts_per_label(ready, qtbot):
     assert dice(target.data == SPLEEN, reference == SPLEEN) > before
     others = (reference != SPLEEN) & (reference != 0)
     assert np.array_equal(target.data[others], reference[others])  # other organs kept
+
+
+def test_negative_check_box_shows_the_sign_of_the_next_click(ready, qtbot):
+    from napari_medsam._prompt_layers import CLICKS_LAYER
+
+    viewer, widget, layer, reference = ready
+    z = int((reference == SPLEEN).sum(axis=(1, 2)).argmax())
+    viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+    clicks = viewer.layers[CLICKS_LAYER]
+    widget.negative_check.setChecked(True)
+    clicks.add([[z, 10, 10]])
+    widget.negative_check.setChecked(False)
+    assert int(clicks.feature_defaults["sign"].iloc[0]) == 1
+    clicks.selected_data = {0}  # napari copies the negative click's sign into the defaults
+    assert int(clicks.feature_defaults["sign"].iloc[0]) == 0
+    assert widget.negative_check.isChecked()  # ... and the check box says so
+    clicks.selected_data = set()
+    widget.clear()  # removing the clicks selects them: the sign chosen before comes back
+    assert len(clicks.data) == 0
+    assert widget.negative_check.isChecked()
+    assert int(clicks.feature_defaults["sign"].iloc[0]) == 0
+    widget.negative_check.setChecked(False)
+    assert int(clicks.feature_defaults["sign"].iloc[0]) == 1
