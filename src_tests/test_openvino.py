@@ -172,6 +172,39 @@ def test_openvino_decoder_takes_clicks_and_mask_input(ov_f32, ort_cpu, agreement
     assert dice(ov_f32.predict(half, box=s.box).mask, full.mask) >= 0.99
 
 
+@needs_openvino
+def test_both_decoder_runtimes_give_the_same_masks(ov_f32, agreement, monkeypatch, caplog):
+    """OpenVINO's encoder with ONNX Runtime's decoder (default) or OpenVINO's own decoder:
+    same logits on real CT and MRI slices; a failing ONNX Runtime decoder falls back."""
+    from napari_medsam.engine import openvino_model
+
+    assert ov_f32.decoder_runtime == openvino_model.DEFAULT_DECODER == "onnxruntime"
+    own = openvino_model.OpenVINOPromptModel(ov_f32.spec, "cpu", decoder="openvino")
+    assert own.decoder_runtime == "openvino"
+    for s in agreement[::4]:
+        emb = ov_f32.embed(s.image)
+        a, b = ov_f32.predict(emb, box=s.box), own.predict(emb, box=s.box)
+        assert np.abs(a.logits - b.logits).max() <= 1e-3 and abs(a.iou - b.iou) <= 1e-3
+        assert dice(a.mask, b.mask) >= 0.999
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        openvino_model.OpenVINOPromptModel(ov_f32.spec, "cpu", decoder="tensorrt")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no ONNX Runtime here")
+
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", broken)
+    with caplog.at_level("WARNING"):
+        fallback = openvino_model.OpenVINOPromptModel(ov_f32.spec, "cpu")
+    assert fallback.decoder_runtime == "openvino"
+    assert "OpenVINO runs it" in caplog.text
+    s = agreement[0]
+    emb = fallback.embed(s.image)
+    assert dice(fallback.predict(emb, box=s.box).mask, ov_f32.predict(emb, box=s.box).mask) \
+        >= 0.999
+
+
 # -- the per-stage precision study tool (docs/performance.md) --------------------------------
 
 def test_staged_encoder_rejects_bad_plans(tmp_path):

@@ -35,6 +35,27 @@ LATENCY = "LATENCY"
 THROUGHPUT = "THROUGHPUT"
 
 
+#: Who may run the decoder (see :class:`OpenVINOPromptModel`).
+DECODERS = ("auto", "onnxruntime", "openvino")
+#: ``decoder="auto"``: ONNX Runtime's CPU decoder is faster than OpenVINO's on the same
+#: file (docs/performance.md, "The decoder"), and gives the same logits within 1e-4.
+DEFAULT_DECODER = "onnxruntime"
+
+
+def _onnxruntime_decoder(path, threads: int | None):
+    """An ONNX Runtime CPU session for ``decoder.onnx``, or None (logged) when it fails."""
+    try:
+        import onnxruntime as ort
+
+        from .onnx_model import _session_options
+
+        return ort.InferenceSession(str(path), _session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # missing package, broken file: OpenVINO decodes instead
+        logger.warning("ONNX Runtime cannot run the decoder (%s); OpenVINO runs it", exc)
+        return None
+
+
 def _compiled_precision(compiled) -> str:
     """What a compiled model really computes in (``"f32"`` or ``"bf16"``)."""
     value = compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -59,6 +80,10 @@ class OpenVINOPromptModel:
         Export a missing built-in model on first use when the export extra is installed.
     compile_cache
         Keep compiled blobs under ``<cache>/openvino`` (faster second start).
+    decoder
+        What runs the (small, f32) prompt decoder: ``"openvino"``, ``"onnxruntime"`` (ONNX
+        Runtime's CPU provider on the same ``decoder.onnx``), or ``"auto"``
+        (:data:`DEFAULT_DECODER`). The encoder always runs on OpenVINO.
     """
 
     backend = backends.OPENVINO
@@ -70,8 +95,11 @@ class OpenVINOPromptModel:
 
     def __init__(self, spec: ModelSpec, device: str = "auto", *, precision: str = "auto",
                  threads: int | None = None, auto_export: bool = True,
-                 compile_cache: bool = True) -> None:
+                 compile_cache: bool = True, decoder: str = "auto") -> None:
         import openvino as ov
+
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
 
         if device not in ("auto", "cpu"):
             raise ValueError(f"OpenVINO runs on the CPU here; device {device!r} is not "
@@ -97,7 +125,11 @@ class OpenVINOPromptModel:
         start = time.perf_counter()
         try:
             self._encoder = self._compile("encoder", LATENCY, choice.hint)
-            self._decoder = self._compile("decoder", LATENCY, backends.F32)
+            self._ort_decoder = None
+            if (DEFAULT_DECODER if decoder == "auto" else decoder) == "onnxruntime":
+                self._ort_decoder = _onnxruntime_decoder(paths["decoder"], threads)
+            self._decoder = None if self._ort_decoder is not None else \
+                self._compile("decoder", LATENCY, backends.F32)
         except Exception as exc:  # openvino raises RuntimeError subclasses of its own
             raise ModelFileError(
                 f"{spec.display_name}: OpenVINO cannot compile {paths['encoder'].parent}: "
@@ -107,7 +139,7 @@ class OpenVINOPromptModel:
         self.compile_seconds = time.perf_counter() - start
         self.precision = _compiled_precision(self._encoder)
         self._enc_request = self._encoder.create_infer_request()
-        self._dec_request = self._decoder.create_infer_request()
+        self._dec_request = None if self._decoder is None else self._decoder.create_infer_request()
         self._enc_lock = threading.Lock()
         self._dec_lock = threading.Lock()
         self._throughput = None
@@ -116,8 +148,8 @@ class OpenVINOPromptModel:
         self._normalize = spec.preprocessing.get("normalize", "minmax")
         low = spec.low_res_size
         self._no_mask = np.zeros((1, 1, low, low), dtype=np.float32)
-        logger.info("%s runs on %s (compiled in %.1f s)", spec.name, self.device_name,
-                    self.compile_seconds)
+        logger.info("%s runs on %s, decoder on %s (compiled in %.1f s)", spec.name,
+                    self.device_name, self.decoder_runtime, self.compile_seconds)
 
     def _compile(self, role: str, hint: str, precision: str, requests: int | None = None):
         config: dict[str, object] = {"PERFORMANCE_HINT": hint,
@@ -134,6 +166,11 @@ class OpenVINOPromptModel:
     def providers(self) -> list[str]:
         """What really runs, in the style of ONNX Runtime's provider names."""
         return [f"OpenVINO-CPU-{self.precision}"]
+
+    @property
+    def decoder_runtime(self) -> str:
+        """What runs the prompt decoder: ``"onnxruntime"`` or ``"openvino"``."""
+        return "openvino" if self._ort_decoder is None else "onnxruntime"
 
     @property
     def device_name(self) -> str:
@@ -172,6 +209,9 @@ class OpenVINOPromptModel:
             "mask_input": mask,
             "has_mask_input": np.array([1.0 if has_mask else 0.0], dtype=np.float32),
         }
+        if self._ort_decoder is not None:  # thread-safe, returns fresh arrays
+            low_res, iou = self._ort_decoder.run(None, feeds)
+            return low_res, iou
         with self._dec_lock:
             result = self._dec_request.infer(feeds, share_outputs=True)
             low_res = np.array(result[0], dtype=np.float32, copy=True)
