@@ -22,8 +22,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--prompt", choices=["box", "click"], default="box",
                         help="a box on the liver, or one positive click inside it")
+    parser.add_argument("--decoder", choices=["auto", "onnxruntime", "openvino"],
+                        default="auto", help="what runs the decoder beside OpenVINO's encoder")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.decoder != "auto":
+        from napari_medsam.engine import openvino_model
+
+        openvino_model.DEFAULT_DECODER = args.decoder
 
     import napari
     from qtpy.QtWidgets import QApplication
@@ -83,10 +89,11 @@ def main() -> None:
               "p90_ms": round(float(np.percentile(times, 90)), 1),
               "median_with_repaint_ms": round(statistics.median(drawn), 1),
               "repeats": len(times), "device": widget.model.device_name,
+              "decoder": getattr(widget.model, "decoder_runtime", "onnxruntime"),
               "embedding_cached": True, "prompt": args.prompt}
     print(f"{args.prompt} -> preview updated (cached embedding): median {result['median_ms']} "
           f"ms, p90 {result['p90_ms']} ms; including the canvas repaint: median "
-          f"{result['median_with_repaint_ms']} ms ({len(times)} prompts, {result['device']})")
+          f"{result['median_with_repaint_ms']} ms ({len(times)} prompts, {result['device']}, decoder {result['decoder']})")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
