@@ -93,7 +93,8 @@ def main() -> None:
               "embedding_cached": True, "prompt": args.prompt}
     print(f"{args.prompt} -> preview updated (cached embedding): median {result['median_ms']} "
           f"ms, p90 {result['p90_ms']} ms; including the canvas repaint: median "
-          f"{result['median_with_repaint_ms']} ms ({len(times)} prompts, {result['device']}, decoder {result['decoder']})")
+          f"{result['median_with_repaint_ms']} ms ({len(times)} prompts, {result['device']}, "
+          f"decoder {result['decoder']})")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
