@@ -1,7 +1,10 @@
 """3D propagation, 3D boxes and bulk correction, measured on real scans (3D Dice).
 
 Propagation: one tight box on the reference's largest axial slice of each object gives the
-anchor mask (the model's box prediction, as the widget shows it); the volume is then filled by
+anchor mask (``session.predict_prompts``, the widget's call: with ``--zoom auto``, the default
+as in the widget, a small box is also segmented in a zoomed region of interest and gets the
+hysteresis threshold; with ``--zoom off`` it is the plain box prediction); the volume is then
+filled by
 
 * ``naive``: box = bounding box of the previous slice's mask, until the mask vanishes;
 * ``ours``: :func:`napari_medsam.segmentation.propagation.propagate` (default rules);
@@ -11,8 +14,8 @@ anchor mask (the model's box prediction, as the widget shows it); the volume is 
   on the largest slice and the object's slice range (``fixed_box``: that same 2D box on every
   slice of the range, for comparison); ``bbox3d``: ``box_range(..., clip=True)`` with the
   object's true 3D bounding box (drawn on the largest slice);
-* ``tight/slice``: a tight box from the reference on every slice (an upper reference, not a
-  method: it needs the answer).
+* ``tight/slice``: a tight box from the reference on every slice, segmented like the anchor (an
+  upper reference, not a method: it needs the answer).
 
 Bulk: ``refine_label`` on the reference dilated by 2 pixels in-plane, ``fill_gaps`` on the
 reference with every third slice erased; recovered = (refined - damaged) / (1 - damaged).
@@ -23,6 +26,8 @@ with ``click_eval.py``) or ``/tmp/prop_emb_<case>_<image>.npz``.
 Usage::
 
     NAPARI_MEDSAM_CACHE=/tmp/mcache3 python benchmarks/propagation_eval.py [--json out.json]
+    python benchmarks/propagation_eval.py --zoom off --skip-bulk        # the zoom-off tables
+    python benchmarks/propagation_eval.py --skip-bulk --methods ours,tight --only hippocampus
 """
 
 from __future__ import annotations
@@ -69,13 +74,14 @@ BULK_LABELS = [5, 1, 2, 3]
 METHODS = ("naive", "ours", "anchors3", "box_range", "fixed_box", "bbox3d", "tight")
 
 
-def cached_session(model, case: str, image: str, label: str):
+def cached_session(model, case: str, image: str, label: str, zoom: str = "auto"):
     """(session with every axial slice embedded, reference label array)."""
     folder = case_dir(case)
     volume = read_volume(folder / image)
     reference = np.asarray(read_volume(folder / label).array).astype(np.int64)
     mapping = auto_mapping(volume.array, volume.modality)
-    session = SegmentationSession(model, volume.array, mapping, cache_bytes=4 * 1024**3)
+    session = SegmentationSession(model, volume.array, mapping, cache_bytes=4 * 1024**3,
+                                  zoom=zoom)
     stem = image.split(".")[0]
     paths = [Path(f"/tmp/click_emb_{case}_{stem}.npz"), Path(f"/tmp/prop_emb_{case}_{stem}.npz")]
     found = next((p for p in paths if p.exists()), None)
@@ -114,43 +120,54 @@ def naive(session, z: int, anchor: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate_object(session, obj: np.ndarray) -> dict[str, float]:
+def evaluate_object(session, obj: np.ndarray, methods=METHODS) -> dict[str, float]:
     zs = np.flatnonzero(obj.any(axis=(1, 2)))
     first, last = int(zs[0]), int(zs[-1])
     z = largest_slice(obj, True)
 
+    def box_mask(index, box):  # the widget's call for a drawn box
+        return np.asarray(session.predict_prompts(SliceRef(0, index), [box]), dtype=bool)
+
     def anchor_at(index):
-        return session.predict(SliceRef(0, index), box=box_of(obj[index])).mask
+        return box_mask(index, box_of(obj[index]))
 
     anchor = anchor_at(z)
-    row = {}
-    row["naive"] = dice(naive(session, z, anchor), obj)
-    t0 = time.perf_counter()
-    row["ours"] = dice(propagate_volume(session, 0, {z: anchor}), obj)
-    row["seconds"] = time.perf_counter() - t0
-    quarter = (last - first) // 4
-    picks = sorted({first + quarter, z, last - quarter})
-    row["anchors3"] = dice(propagate_volume(session, 0, {i: anchor_at(i) for i in picks}), obj)
+    row = {m: float("nan") for m in METHODS}
+    if "naive" in methods:
+        row["naive"] = dice(naive(session, z, anchor), obj)
+    if "ours" in methods:
+        t0 = time.perf_counter()
+        row["ours"] = dice(propagate_volume(session, 0, {z: anchor}), obj)
+        row["seconds"] = time.perf_counter() - t0
+    if "anchors3" in methods:
+        quarter = (last - first) // 4
+        picks = sorted({first + quarter, z, last - quarter})
+        row["anchors3"] = dice(propagate_volume(session, 0, {i: anchor_at(i) for i in picks}),
+                               obj)
     box = box_of(obj[z])  # a box drawn on the largest slice, with the object's slice range
-    vol = np.zeros_like(obj)
-    for result in box_range(session, 0, z, box, first, last):
-        vol[result.index] = result.mask
-    row["box_range"] = dice(vol, obj)
-    fixed = np.zeros_like(obj)
-    for index in range(first, last + 1):
-        fixed[index] = session.predict(SliceRef(0, index), box=box).mask
-    row["fixed_box"] = dice(fixed, obj)
-    ys, xs = np.nonzero(obj.any(axis=0))  # the object's true 3D bounding box
-    bbox = grow_box((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), 0.0,
-                    obj.shape[1:])
-    vol = np.zeros_like(obj)
-    for result in box_range(session, 0, z, bbox, first, last, clip=True):
-        vol[result.index] = result.mask
-    row["bbox3d"] = dice(vol, obj)
-    tight = np.zeros_like(obj)
-    for index in range(first, last + 1):
-        tight[index] = session.predict(SliceRef(0, index), box=box_of(obj[index])).mask
-    row["tight"] = dice(tight, obj)
+    if "box_range" in methods:
+        vol = np.zeros_like(obj)
+        for result in box_range(session, 0, z, box, first, last):
+            vol[result.index] = result.mask
+        row["box_range"] = dice(vol, obj)
+    if "fixed_box" in methods:
+        fixed = np.zeros_like(obj)
+        for index in range(first, last + 1):
+            fixed[index] = box_mask(index, box)
+        row["fixed_box"] = dice(fixed, obj)
+    if "bbox3d" in methods:
+        ys, xs = np.nonzero(obj.any(axis=0))  # the object's true 3D bounding box
+        bbox = grow_box((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), 0.0,
+                        obj.shape[1:])
+        vol = np.zeros_like(obj)
+        for result in box_range(session, 0, z, bbox, first, last, clip=True):
+            vol[result.index] = result.mask
+        row["bbox3d"] = dice(vol, obj)
+    if "tight" in methods:
+        tight = np.zeros_like(obj)
+        for index in range(first, last + 1):
+            tight[index] = anchor_at(index)
+        row["tight"] = dice(tight, obj)
     row["slices"] = int(len(zs))
     return row
 
@@ -170,9 +187,9 @@ def erase_every_third(obj: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate_bulk(model) -> list[dict]:
+def evaluate_bulk(model, zoom: str = "auto") -> list[dict]:
     case, image, label, _, _ = BULK_CASE
-    session, ref = cached_session(model, case, image, label)
+    session, ref = cached_session(model, case, image, label, zoom)
     names = label_names(case)
     rows = []
     for lab in BULK_LABELS:
@@ -200,39 +217,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="only cases whose name contains this")
     parser.add_argument("--skip-bulk", action="store_true", help="propagation only")
     parser.add_argument("--skip-propagation", action="store_true", help="bulk only")
+    parser.add_argument("--zoom", choices=["auto", "off"], default="auto",
+                        help="the session's zoom (default auto, as in the widget)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated methods to run (default: all)")
     args = parser.parse_args(argv)
+    methods = tuple(m for m in METHODS if m in args.methods.split(","))
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     model = load_model("litemedsam", device="cpu")
     rows: list[dict] = []
     if not args.skip_propagation:
-        print(f"{'object':34s} {'sl':>3s} " + " ".join(f"{m:>11s}" for m in METHODS))
+        print(f"zoom {args.zoom}")
+        print(f"{'object':34s} {'sl':>3s} " + " ".join(f"{m:>11s}" for m in methods))
         for case, image, label, modality, labs in CASES:
             if args.only and args.only not in case + image:
                 continue
-            session, ref = cached_session(model, case, image, label)
+            session, ref = cached_session(model, case, image, label, args.zoom)
             names = label_names(case)
             tag = image.split("_image")[0] if "hippocampus" in image else case
             for lab in labs:
-                row = evaluate_object(session, ref == lab)
+                row = evaluate_object(session, ref == lab, methods)
                 row.update(case=tag, label=lab, name=names.get(lab, str(lab)),
-                           modality=modality)
+                           modality=modality, zoom=args.zoom)
                 rows.append(row)
                 print(f"{(tag[:20] + ' ' + row['name'])[:34]:34s} {row['slices']:3d} "
-                      + " ".join(f"{row[m]:11.3f}" for m in METHODS), flush=True)
+                      + " ".join(f"{row[m]:11.3f}" for m in methods), flush=True)
     means = {}
     for modality in ("CT", "MRI"):
         sel = [r for r in rows if r["modality"] == modality]
         if sel:
-            means[modality] = {m: float(np.mean([r[m] for r in sel])) for m in METHODS}
+            means[modality] = {m: float(np.mean([r[m] for r in sel])) for m in methods}
             print(f"{'mean ' + modality + f' ({len(sel)} objects)':38s} "
-                  + " ".join(f"{means[modality][m]:11.3f}" for m in METHODS))
-    bulk = [] if args.skip_bulk else evaluate_bulk(model)
+                  + " ".join(f"{means[modality][m]:11.3f}" for m in methods))
+    bulk = [] if args.skip_bulk else evaluate_bulk(model, args.zoom)
     if bulk:
         for method in ("refine_label", "fill_gaps"):
             sel = [r["recovered"] for r in bulk if r["method"] == method]
             means[method] = {"recovered": float(np.mean(sel))}
             print(f"mean recovered by {method}: {np.mean(sel):.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "bulk": bulk, "means": means}, indent=1))
+        args.json.write_text(json.dumps({"zoom": args.zoom, "rows": rows, "bulk": bulk,
+                                         "means": means}, indent=1))
     return 0
 
 

@@ -13,6 +13,9 @@ Every prediction goes through ``session.predict``: with ``session.zoom == "auto"
 enough for a region of interest is also segmented in one around it
 (:mod:`napari_medsam.segmentation.roi`), so the ROI follows the object from slice to slice
 (one encoder run per new ROI; the refit on the same slice reuses it when it still fits).
+The same step and stop rules serve these ROI steps: the variants measured for them
+(thresholds, margins, refit, ``mask_input``, candidate boxes) did not generalise
+(``docs/propagation.md``, "Zoom auto").
 """
 
 from __future__ import annotations
