@@ -38,7 +38,7 @@ THROUGHPUT = "THROUGHPUT"
 #: Who may run the decoder (see :class:`OpenVINOPromptModel`).
 DECODERS = ("auto", "onnxruntime", "openvino")
 #: ``decoder="auto"``: ONNX Runtime's CPU decoder is faster than OpenVINO's on the same
-#: file (docs/performance.md, "The decoder"), and gives the same logits within 1e-4.
+#: file (docs/performance.md, "The decoder runs on ONNX Runtime"), and gives the same logits within 1e-4.
 DEFAULT_DECODER = "onnxruntime"
 
 
