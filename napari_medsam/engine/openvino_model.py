@@ -37,8 +37,9 @@ THROUGHPUT = "THROUGHPUT"
 
 #: Who may run the decoder (see :class:`OpenVINOPromptModel`).
 DECODERS = ("auto", "onnxruntime", "openvino")
-#: ``decoder="auto"``: ONNX Runtime's CPU decoder is faster than OpenVINO's on the same
-#: file (docs/performance.md, "The decoder runs on ONNX Runtime"), and gives the same logits within 1e-4.
+#: ``decoder="auto"``: ONNX Runtime's CPU decoder is about twice as fast as OpenVINO's on
+#: the same file, with the same logits within 1e-4 (docs/performance.md, "The decoder runs
+#: on ONNX Runtime").
 DEFAULT_DECODER = "onnxruntime"
 
 
