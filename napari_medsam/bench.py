@@ -463,7 +463,7 @@ def precision_study(data_dir: Path, *, plans: tuple[str, ...] = STUDY_PLANS,
                     threads: int | None = None, torch_reference: bool = True) -> dict:
     """Mask Dice and encoder time of OpenVINO with bf16 in some encoder stages only.
 
-    Every plan's encoder feeds the OpenVINO f32 decoder; masks are compared with fp32 ONNX
+    Every plan's encoder feeds the OpenVINO model's f32 decoder; masks are compared with fp32 ONNX
     Runtime on the :func:`agreement_slices` (32 real slices, tight reference boxes). The
     encoders (and PyTorch and ONNX Runtime) are timed in one run, in rounds, on ``count``
     bench slices.
