@@ -71,7 +71,7 @@ def interior_click(mask2d: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def evaluate(model, case, image, label, modality, labels):
+def evaluate(model, case, image, label, modality, labels, ranking="rule"):
     _, ref, mapped = load_case(case, image, label)
     ref = np.asarray(ref).astype(np.int64)
     names = label_names(case)
@@ -91,7 +91,8 @@ def evaluate(model, case, image, label, modality, labels):
             box = (x0, y0, min(cols_ - 1, max(x1, x0 + 1)), min(rows_ - 1, max(y1, y0 + 1)))
             box_vol[z] = model.predict(embs[z], box=box).mask
             t0 = time.perf_counter()
-            res = segment_clicks(model, embs[z], [interior_click(obj[z])], image=mapped[z])
+            res = segment_clicks(model, embs[z], [interior_click(obj[z])], image=mapped[z],
+                                 ranking=ranking)
             seconds += time.perf_counter() - t0
             click_vol[z] = res.mask
             calls += res.calls
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the rows and means here")
     parser.add_argument("--only", help="only cases whose name contains this")
+    parser.add_argument("--ranking", choices=["auto", "rule", "learned"], default="auto",
+                        help="candidate ranking: auto = learned on CT, rule on MRI (as the "
+                             "session does)")
     args = parser.parse_args(argv)
     model = load_model("litemedsam", device="cpu")
     print(f"{'case':26s} {'lab':>3s} {'name':18s} {'sl':>4s} {'box':>5s} {'click':>5s} "
@@ -119,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec in CASES:
         if args.only and args.only not in spec[0] + spec[1]:
             continue
-        rows += evaluate(model, *spec)
+        ranking = args.ranking
+        if ranking == "auto":
+            ranking = "learned" if spec[3] == "CT" else "rule"
+        rows += evaluate(model, *spec, ranking=ranking)
     means = {}
     for mod in ("CT", "MRI"):
         sel = [r for r in rows if r["modality"] == mod]

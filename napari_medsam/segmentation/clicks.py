@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .click_ranking import agreement, agreement_with, candidate_features, learned_score
+
 logger = logging.getLogger(__name__)
 
 #: Half-sides of the candidate boxes, as fractions of the slice's longer side.
@@ -31,6 +33,8 @@ SCORE_WEIGHTS: tuple[float, float, float, float] = (1.0, 2.0, 1.0, 0.5)
 MARGIN: float = 0.1
 #: Refits per seed at most.
 MAX_REFITS: int = 3
+#: Rankings of the candidate masks (see :func:`segment_clicks`).
+RANKINGS: tuple[str, ...] = ("rule", "learned")
 
 
 @dataclass(frozen=True)
@@ -151,11 +155,13 @@ class _Decoder:
         self.positives = positives
         self.negatives = negatives
         self.calls = 0
+        self.last_logits: np.ndarray | None = None
 
     def __call__(self, box: tuple[int, int, int, int]):
         box = _exclude(box, self.positives, self.negatives)
         self.calls += 1
         pred = self.model.predict(self.embedding, box=box)
+        self.last_logits = pred.logits
         mask = pred.mask
         if self.negatives:
             cut = _components_at(mask, self.negatives) & ~_components_at(mask, self.positives)
@@ -185,7 +191,7 @@ def _grow(decode: _Decoder, seed: tuple[int, int, int, int], positives: list[tup
 def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
                    negatives: Sequence[Sequence[float]] = (),
                    box: Sequence[float] | None = None,
-                   image: np.ndarray | None = None) -> ClickResult:
+                   image: np.ndarray | None = None, ranking: str = "rule") -> ClickResult:
     """Segment the object under positive clicks on one embedded slice.
 
     Parameters
@@ -203,6 +209,11 @@ def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
     image
         The slice as the model saw it (uint8, the slice's shape): lets the choice among
         candidate boxes use the image's contrast. Without it, that term is left out.
+    ranking
+        How the candidate masks of a click without a drawn box are ranked: ``"rule"`` (the
+        hand-made :func:`candidate_score`) or ``"learned"`` (the linear score of
+        :mod:`.click_ranking`, fitted on MRI and better on CT; the session uses it for fixed
+        CT windows).
 
     Returns
     -------
@@ -233,25 +244,44 @@ def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
         return ClickResult(mask=mask, box=used, iou=iou, calls=decode.calls)
     if not pos:
         raise ValueError("segment_clicks needs a positive click or a box")
-    best = None
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+    candidates = []  # (mask, box, iou, logits)
     for seed in candidate_boxes(pos, shape):
         full, iou = decode(seed)
         mask = _components_at(full, pos)
-        if not mask.any():
-            continue
-        score = candidate_score(mask, seed, iou, pos, image)
-        logger.debug("candidate %s iou %.3f score %.3f", seed, iou, score)
-        if best is None or score > best[0]:
-            best = (score, mask, seed, iou)
-    if best is None:
+        if mask.any():
+            candidates.append((mask, seed, iou, decode.last_logits))
+    if not candidates:
         return ClickResult(mask=np.zeros(shape, bool), box=None, iou=0.0, calls=decode.calls)
-    score, mask, seed, iou = best
+    masks = [c[0] for c in candidates]
+    if ranking == "learned":
+        agree = agreement(masks)
+
+        def score_of(mask, seed, iou, logits, agree_value) -> float:
+            return learned_score(candidate_features(mask, seed, iou, logits, pos, image,
+                                                    _touches_box(mask, seed), agree_value))
+
+        scores = [score_of(*c, a) for c, a in zip(candidates, agree, strict=True)]
+    else:
+        scores = [candidate_score(m, seed, iou, pos, image) for m, seed, iou, _ in candidates]
+    best = int(np.argmax(scores))
+    mask, seed, iou, _ = candidates[best]
+    score = scores[best]
+    logger.debug("click at %s: candidate %s of %d (iou %.3f, score %.3f)", pos, seed,
+                 len(candidates), iou, score)
     if _touches_box(mask, seed):  # cut by its box: the object may be larger; refit once
         refit = _fit_box(mask, shape)
         full, refit_iou = decode(refit)
         grown = _components_at(full, pos)
-        if grown.any() and candidate_score(grown, refit, refit_iou, pos, image) > score:
-            mask, seed, iou = grown, refit, refit_iou
+        if grown.any():
+            if ranking == "learned":
+                refit_score = score_of(grown, refit, refit_iou, decode.last_logits,
+                                       agreement_with(grown, masks))
+            else:
+                refit_score = candidate_score(grown, refit, refit_iou, pos, image)
+            if refit_score > score:
+                mask, seed, iou = grown, refit, refit_iou
     return ClickResult(mask=mask, box=_exclude(seed, pos, neg), iou=iou, calls=decode.calls)
 
 

@@ -25,6 +25,7 @@ from .roi import (
     combine_predictions,
     crop_mapping,
     hysteresis_mask,
+    is_fixed_window,
 )
 
 logger = logging.getLogger(__name__)
@@ -335,12 +336,19 @@ class SegmentationSession:
             with self._model_lock:
                 result = segment_clicks(self.model, embedding, list(positives),
                                         list(negatives), box=boxes.pop() if boxes else None,
-                                        image=self.slice_image(ref))
+                                        image=self.slice_image(ref),
+                                        ranking=self.click_ranking)
             mask = self._zoom_clicks(ref, result, positives, negatives)
         for box in boxes:
             box_mask = self._box_mask(ref, box)
             mask = box_mask if mask is None else (mask | box_mask)
         return mask
+
+    @property
+    def click_ranking(self) -> str:
+        """How clicks choose among candidate masks: ``"learned"`` under a fixed CT window
+        (better there, docs/clicks.md), the hand-made ``"rule"`` otherwise (MRI)."""
+        return "learned" if is_fixed_window(self.mapping) else "rule"
 
     def prefetch(self, ref: SliceRef, radius: int = 2):
         """Embed the slices next to ``ref`` (nearest first); yields each index done.
