@@ -5,7 +5,8 @@ centred on the click (eight sizes relative to the slice, three aspect ratios) an
 the candidate whose mask best explains the click: the mask's connected component under the
 click should have the click near its middle (the user clicks inside the object), stand out
 from its surroundings in the image (intensity contrast across its border), fill the box it
-came from, and have a high predicted IoU. Negative clicks shrink every box so that they fall
+came from, and have a high predicted IoU (on CT a learned score of such measurements,
+:mod:`.click_ranking`, ranks them instead). Negative clicks shrink every box so that they fall
 outside it, and components that still hold a negative (and no positive) click are removed.
 No Qt and no napari here. Measurements: ``docs/clicks.md``.
 """
