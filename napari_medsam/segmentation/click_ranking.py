@@ -58,6 +58,28 @@ def agreement_with(mask: np.ndarray, masks: Sequence[np.ndarray]) -> float:
                           for m in masks]))
 
 
+def box_fill(mask: np.ndarray, box: Sequence[int]) -> float:
+    """IoU of the bounding box of ``mask`` (non-empty) with ``box`` (x0, y0, x1, y1)."""
+    ys, xs = np.nonzero(mask)
+    bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max(), ys.max()
+    ix = max(0, min(bx1, box[2]) - max(bx0, box[0]) + 1)
+    iy = max(0, min(by1, box[3]) - max(by0, box[1]) + 1)
+    area_mask = (bx1 - bx0 + 1) * (by1 - by0 + 1)
+    area_box = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+    return float(ix * iy / (area_mask + area_box - ix * iy))
+
+
+def border_contrast(mask: np.ndarray, image: np.ndarray) -> float | None:
+    """|mean inside - mean in a 2-pixel ring outside| / (std inside + std ring + 1), or
+    None when the mask has no ring (it fills the slice)."""
+    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
+    if not ring.any():
+        return None
+    inside = image[mask].astype(np.float64)
+    outside = image[ring].astype(np.float64)
+    return float(abs(inside.mean() - outside.mean()) / (inside.std() + outside.std() + 1))
+
+
 def candidate_features(mask: np.ndarray, box: Sequence[int], iou: float, logits: np.ndarray,
                        positives: Sequence[tuple[int, int]], image: np.ndarray | None,
                        touches_box: bool, agreement_value: float) -> dict[str, float]:
@@ -69,13 +91,7 @@ def candidate_features(mask: np.ndarray, box: Sequence[int], iou: float, logits:
     rows, cols = mask.shape
     dist = ndimage.distance_transform_edt(mask)
     central = float(np.mean([dist[y, x] for x, y in positives])) / max(float(dist.max()), _EPS)
-    ys, xs = np.nonzero(mask)
-    bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max(), ys.max()
-    ix = max(0, min(bx1, box[2]) - max(bx0, box[0]) + 1)
-    iy = max(0, min(by1, box[3]) - max(by0, box[1]) + 1)
-    area_mask = (bx1 - bx0 + 1) * (by1 - by0 + 1)
-    area_box = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
-    fill = ix * iy / (area_mask + area_box - ix * iy)
+    fill = box_fill(mask, box)
     x, y = positives[0]
     weak, _ = ndimage.label(logits > -1.0)
     region = weak == weak[y, x] if weak[y, x] else mask
@@ -91,14 +107,9 @@ def candidate_features(mask: np.ndarray, box: Sequence[int], iou: float, logits:
         "agreement": float(agreement_value),
     }
     if image is not None:
-        inside = image[mask].astype(np.float64)
-        ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
-        contrast = _EPS
-        if ring.any():
-            outside = image[ring].astype(np.float64)
-            contrast = abs(inside.mean() - outside.mean()) / (inside.std() + outside.std() + 1)
-        features["log_contrast"] = np.log(max(contrast, _EPS))
-        features["inside_std"] = float(inside.std() / 255.0)
+        contrast = border_contrast(mask, image)
+        features["log_contrast"] = np.log(max(contrast or 0.0, _EPS))
+        features["inside_std"] = float(image[mask].astype(np.float64).std() / 255.0)
     return features
 
 

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .click_ranking import agreement, agreement_with, candidate_features, learned_score
+from .click_ranking import (
+    agreement,
+    agreement_with,
+    border_contrast,
+    box_fill,
+    candidate_features,
+    learned_score,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -330,19 +337,9 @@ def candidate_score(mask: np.ndarray, box: tuple[int, int, int, int], iou: float
     dist = ndimage.distance_transform_edt(mask)
     central = float(np.mean([dist[y, x] for x, y in positives])) / max(float(dist.max()), eps)
     score += w_central * np.log(max(central, eps))
-    ys, xs = np.nonzero(mask)
-    bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max(), ys.max()
-    ix = max(0, min(bx1, box[2]) - max(bx0, box[0]) + 1)
-    iy = max(0, min(by1, box[3]) - max(by0, box[1]) + 1)
-    area_mask = (bx1 - bx0 + 1) * (by1 - by0 + 1)
-    area_box = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
-    fill = ix * iy / (area_mask + area_box - ix * iy)
-    score += w_fill * np.log(max(fill, eps))
+    score += w_fill * np.log(max(box_fill(mask, box), eps))
     if image is not None:
-        ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
-        if ring.any():
-            inside = image[mask].astype(np.float64)
-            outside = image[ring].astype(np.float64)
-            contrast = abs(inside.mean() - outside.mean()) / (inside.std() + outside.std() + 1)
+        contrast = border_contrast(mask, image)
+        if contrast is not None:
             score += w_contrast * np.log(max(contrast, eps))
     return float(score)
