@@ -58,6 +58,12 @@ def agreement_with(mask: np.ndarray, masks: Sequence[np.ndarray]) -> float:
                           for m in masks]))
 
 
+def centrality(mask: np.ndarray, positives: Sequence[tuple[int, int]]) -> float:
+    """The clicks' mean distance to the border of ``mask`` over the mask's largest one."""
+    dist = ndimage.distance_transform_edt(mask)
+    return float(np.mean([dist[y, x] for x, y in positives])) / max(float(dist.max()), _EPS)
+
+
 def box_fill(mask: np.ndarray, box: Sequence[int]) -> float:
     """IoU of the bounding box of ``mask`` (non-empty) with ``box`` (x0, y0, x1, y1)."""
     ys, xs = np.nonzero(mask)
@@ -89,8 +95,7 @@ def candidate_features(mask: np.ndarray, box: Sequence[int], iou: float, logits:
     """
     mask = np.asarray(mask, bool)
     rows, cols = mask.shape
-    dist = ndimage.distance_transform_edt(mask)
-    central = float(np.mean([dist[y, x] for x, y in positives])) / max(float(dist.max()), _EPS)
+    central = centrality(mask, positives)
     fill = box_fill(mask, box)
     x, y = positives[0]
     weak, _ = ndimage.label(logits > -1.0)

@@ -26,6 +26,7 @@ from .click_ranking import (
     border_contrast,
     box_fill,
     candidate_features,
+    centrality,
     learned_score,
 )
 
@@ -334,9 +335,7 @@ def candidate_score(mask: np.ndarray, box: tuple[int, int, int, int], iou: float
     w_contrast, w_central, w_iou, w_fill = SCORE_WEIGHTS
     eps = 1e-3
     score = w_iou * np.log(max(iou, eps))
-    dist = ndimage.distance_transform_edt(mask)
-    central = float(np.mean([dist[y, x] for x, y in positives])) / max(float(dist.max()), eps)
-    score += w_central * np.log(max(central, eps))
+    score += w_central * np.log(max(centrality(mask, positives), eps))
     score += w_fill * np.log(max(box_fill(mask, box), eps))
     if image is not None:
         contrast = border_contrast(mask, image)
