@@ -9,8 +9,9 @@ its own coordinates, and its logits are pasted back and combined with the whole 
 (mean of the logits by default). Box masks then use a hysteresis threshold: pixels above
 ``weak_logit`` connected to pixels above 0.
 
-The rule applies to data-driven intensity mappings (MRI percentiles, min-max), not to fixed
-CT windows, where it measured worse. No Qt and no napari here;
+The rule applies to data-driven intensity mappings (MRI percentiles, min-max) and, under a
+fixed CT window, only to slices larger than the model input (``RoiPolicy.on_ct_windows``):
+on CT slices the model already sees at 2x it measured worse. No Qt and no napari here;
 :class:`~napari_medsam.segmentation.SegmentationSession` applies it (``session.zoom``).
 Measurements and how the parameters were chosen: ``docs/evaluation.md``.
 """
