@@ -127,6 +127,17 @@ def targets(masks, emb):
     return out, valid
 
 
+def set_trainable(decoder, which: str) -> None:
+    """Freeze everything but the chosen part (``all`` trains every parameter)."""
+    if which == "all":
+        return
+    keep = ("point_embeddings", "not_a_point_embed", "iou_token", "mask_tokens")
+    if which == "prompt+heads":
+        keep += ("output_hypernetworks_mlps", "iou_prediction_head")
+    for name, param in decoder.named_parameters():
+        param.requires_grad = any(part in name for part in keep)
+
+
 def train(decoder, slices, steps: int, lr: float, batch: int, rng) -> None:
     params = [p for p in decoder.parameters() if p.requires_grad]
     print("trainable parameters", sum(p.numel() for p in params), flush=True)
@@ -190,6 +201,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="save the trained state dict here")
     parser.add_argument("--weights", help="evaluate these weights instead of training")
+    parser.add_argument("--trainable", choices=("all", "prompt", "prompt+heads"), default="all",
+                        help="all: prompt encoder + mask decoder; prompt: only the point and "
+                             "output-token embeddings (prompt tuning); prompt+heads: also the "
+                             "mask decoder's hypernetwork MLPs and IoU head")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -199,6 +214,7 @@ def main() -> None:
     net = build_model("litemedsam",
                       bundled_litemedsam_checkpoint(get_spec("litemedsam").source["sha256"]))
     decoder = DecoderForExport(net.prompt_encoder, net.mask_decoder, 256)
+    set_trainable(decoder, args.trainable)
     if args.weights:
         decoder.load_state_dict(torch.load(args.weights))
     else:
