@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=float)
     p.add_argument("--upsample", type=float)
     p.add_argument("--combine", choices=["iou", "mean", "roi"])
-    p.add_argument("--clicks", choices=["off", "box", "refit"])
+    p.add_argument("--clicks", choices=["off", "search", "box", "refit"])
     p.add_argument("--intensity", choices=["auto", "slice", "local"])
     p.add_argument("--percentiles", help="low,high for local intensity")
     p.add_argument("--weak-logit", dest="weak_logit", type=float)

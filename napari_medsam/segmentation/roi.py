@@ -149,6 +149,8 @@ class Crop:
 
 #: How the whole-slice and the ROI predictions of a box are combined.
 COMBINE_MODES = ("iou", "mean", "roi")
+#: What the ROI rule does to clicks (:attr:`RoiPolicy.clicks`).
+CLICK_MODES = ("off", "search", "box", "refit")
 
 
 @dataclass(frozen=True)
@@ -187,9 +189,11 @@ class RoiPolicy:
     weak_everywhere
         Use the hysteresis threshold on every box mask, not only on boxes that got a ROI.
     clicks
-        What the rule does to a mask grown from clicks: ``"off"`` (nothing: measured
-        worse), ``"box"`` (the box the click search ended with is segmented like a drawn
-        box) or ``"refit"`` (the click mask's bounding box, grown by 10 % + 1 pixel, is).
+        What the rule does to a mask grown from clicks: ``"off"`` (nothing: the click
+        search runs on the whole slice), ``"search"`` (every candidate box of the click
+        search is predicted like a box prompt, in a ROI where it gets one), ``"box"`` (the
+        box the click search ended with is segmented like a drawn box) or ``"refit"`` (the
+        click mask's bounding box, grown by 10 % + 1 pixel, is).
     on_ct_windows
         Where the rule is used when the model sees a fixed CT window (Hounsfield units):
         ``"downsampled"`` only on slices larger than the model input (which the model sees
@@ -205,7 +209,7 @@ class RoiPolicy:
     percentiles: tuple[float, float] = (0.5, 99.5)
     weak_logit: float | None = -3.0
     weak_everywhere: bool = False
-    clicks: str = "off"
+    clicks: str = "search"
     on_ct_windows: str = "downsampled"
 
     def applies_to(self, mapping, shape: tuple[int, int], input_size: int) -> bool:
@@ -222,8 +226,9 @@ class RoiPolicy:
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got "
                              f"{self.combine!r}")
-        if self.clicks not in ("off", "box", "refit"):
-            raise ValueError(f"clicks must be 'off', 'box' or 'refit', got {self.clicks!r}")
+        if self.clicks not in CLICK_MODES:
+            raise ValueError(f"clicks must be one of {', '.join(CLICK_MODES)}, got "
+                             f"{self.clicks!r}")
         if self.on_ct_windows not in ("downsampled", "always", "never"):
             raise ValueError(f"on_ct_windows must be 'downsampled', 'always' or 'never', got "
                              f"{self.on_ct_windows!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -298,7 +299,7 @@ class SegmentationSession:
         """
         mask = np.asarray(result.mask, dtype=bool)
         mode = self.roi_policy.clicks
-        if mode == "off" or result.box is None or not mask.any():
+        if mode in ("off", "search") or result.box is None or not mask.any():
             return mask
         from .clicks import _components_at, _fit_box
 
@@ -333,9 +334,13 @@ class SegmentationSession:
             from .clicks import segment_clicks
 
             embedding = self.embedding(ref)
-            with self._model_lock:
-                result = segment_clicks(self.model, embedding, list(positives),
-                                        list(negatives), box=boxes.pop() if boxes else None,
+            zoomed = self.roi_policy.clicks == "search" and self.roi_active(ref.axis)
+            # "search": every candidate box goes through self.predict (ROI where it gets
+            # one), which takes the model lock per call
+            with nullcontext() if zoomed else self._model_lock:
+                result = segment_clicks(_SlicePredictor(self, ref) if zoomed else self.model,
+                                        embedding, list(positives), list(negatives),
+                                        box=boxes.pop() if boxes else None,
                                         image=self.slice_image(ref),
                                         ranking=self.click_ranking)
             mask = self._zoom_clicks(ref, result, positives, negatives)
@@ -362,3 +367,18 @@ class SegmentationSession:
                 if 0 <= index < size and not self.is_embedded(neighbour):
                     self.embedding(neighbour)
                     yield index
+
+
+class _SlicePredictor:
+    """A prompt model for :func:`~napari_medsam.segmentation.clicks.segment_clicks` that
+    predicts every box on one slice through :meth:`SegmentationSession.predict` (whole slice
+    and ROI combined where the box gets a ROI). The embedding passed in is the slice's own
+    and is not needed again."""
+
+    def __init__(self, session: SegmentationSession, ref: SliceRef) -> None:
+        self.session, self.ref = session, ref
+
+    def predict(self, embedding: Embedding, box: Box | None = None,
+                points: Sequence[Point] | None = None,
+                mask_input: np.ndarray | None = None) -> Prediction:
+        return self.session.predict(self.ref, box=box, points=points, mask_input=mask_input)
