@@ -264,16 +264,18 @@ def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
     if not candidates:
         return ClickResult(mask=np.zeros(shape, bool), box=None, iou=0.0, calls=decode.calls)
     masks = [c[0] for c in candidates]
-    if ranking == "learned":
-        agree = agreement(masks)
+    learned = ranking == "learned"
 
-        def score_of(mask, seed, iou, logits, agree_value) -> float:
-            return learned_score(candidate_features(mask, seed, iou, logits, pos, image,
-                                                    _touches_box(mask, seed), agree_value))
+    def score_of(mask, seed, iou, logits, agree_value) -> float:
+        """The chosen ranking's score (``agree_value``: mean Dice with the candidates,
+        used by the learned ranking only)."""
+        if not learned:
+            return candidate_score(mask, seed, iou, pos, image)
+        return learned_score(candidate_features(mask, seed, iou, logits, pos, image,
+                                                _touches_box(mask, seed), agree_value))
 
-        scores = [score_of(*c, a) for c, a in zip(candidates, agree, strict=True)]
-    else:
-        scores = [candidate_score(m, seed, iou, pos, image) for m, seed, iou, _ in candidates]
+    agree = agreement(masks) if learned else [None] * len(candidates)
+    scores = [score_of(*c, a) for c, a in zip(candidates, agree, strict=True)]
     best = int(np.argmax(scores))
     mask, seed, iou, _ = candidates[best]
     score = scores[best]
@@ -284,12 +286,8 @@ def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
         full, refit_iou = decode(refit)
         grown = _components_at(full, pos)
         if grown.any():
-            if ranking == "learned":
-                refit_score = score_of(grown, refit, refit_iou, decode.last_logits,
-                                       agreement_with(grown, masks))
-            else:
-                refit_score = candidate_score(grown, refit, refit_iou, pos, image)
-            if refit_score > score:
+            agree_value = agreement_with(grown, masks) if learned else None
+            if score_of(grown, refit, refit_iou, decode.last_logits, agree_value) > score:
                 mask, seed, iou = grown, refit, refit_iou
     return ClickResult(mask=mask, box=_exclude(seed, pos, neg), iou=iou, calls=decode.calls)
 
