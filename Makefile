@@ -43,7 +43,7 @@ demo: model
 	fi
 
 test: setup sys-deps
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check napari_medsam src_tests models

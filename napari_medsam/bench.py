@@ -6,7 +6,10 @@ import json
 import logging
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,10 +198,51 @@ def load_row(row: str, model: str, device: str, threads: int | None):
     return load_model(model, "cpu", threads=threads, backend="openvino", precision=precision)
 
 
+#: How long the child process of :func:`probe_row` may take (compiling included).
+PROBE_TIMEOUT_S = 600
+_PROBE_CODE = "import sys; from napari_medsam.bench import _probe_main; _probe_main(sys.argv[1:])"
+
+
+def _probe_main(argv: list[str]) -> None:
+    """Child process of :func:`probe_row`: load one row's engine, embed and decode once."""
+    row, model, device, threads = argv[0], argv[1], argv[2], int(argv[3]) or None
+    engine = load_row(row, model, device, threads)
+    size = engine.spec.input_size
+    ramp = np.linspace(0, 255, size * size, dtype=np.float32).reshape(size, size)
+    embedding = engine.embed(ramp)
+    engine.predict(embedding, box=(size * 0.25, size * 0.25, size * 0.75, size * 0.75))
+
+
+def probe_row(row: str, model: str, device: str, threads: int | None,
+              timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Run a bench row once in a child process first; None when it works, else why not.
+
+    A native crash (OpenVINO's compile cache once crashed the whole process on some CPUs)
+    then ends only the child, and the bench reports that row as failed instead of dying.
+    The child also fills the compile cache that the timed run then reads.
+    """
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE_CODE, row, model, device,
+                               str(threads or 0)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"did not finish within {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return f"the engine crashed ({name}) on its first slice"
+    lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit code {done.returncode}"
+
+
 def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
               count: int = 8, warmup: int = 2, repeats: int = 3, torch_reference: bool = True,
               threads: int | None = None, rows: list[str] | None = None,
-              agreement: bool = False) -> dict:
+              agreement: bool = False, isolate: bool = True) -> dict:
     """Time the engines' encoders and decoders, and the PyTorch reference, on the same inputs.
 
     Every engine (and PyTorch) is timed in the same run, in rounds (each round times every
@@ -214,9 +258,27 @@ def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
     agreement
         Also measure mask Dice against the first row on :func:`agreement_slices` (32 real
         slices, CT and MRI), untimed.
+    isolate
+        Run each row once in a child process first (:func:`probe_row`): a row that fails or
+        crashes there is reported in ``failed_rows`` and left out, the others are timed.
+
+    Raises
+    ------
+    RuntimeError
+        When the first (reference) row fails.
     """
     slices = bench_slices(data_dir, count)
     names = list(rows) if rows else default_rows()
+    failed: dict[str, str] = {}
+    if isolate:
+        for name in names:
+            reason = probe_row(name, model, device, threads)
+            if reason is not None:
+                logger.error("bench row %s failed: %s", name, reason)
+                failed[name] = reason
+        if names[0] in failed:
+            raise RuntimeError(f"the reference row {names[0]} failed: {failed[names[0]]}")
+        names = [n for n in names if n not in failed]
     engines = {name: load_row(name, model, device, threads) for name in names}
     base = engines[names[0]]
     prepared = [(base.preprocess(s.image), s) for s in slices]
@@ -249,8 +311,10 @@ def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
         for name, engine in engines.items():
             for emb, s in zip(embeddings[name], slices, strict=True):
                 dec[name] += _time(lambda e=engine, m=emb, s=s: e.predict(m, box=s.box), 1)
-        for emb, ((_, _), s) in zip(torch_embeddings, prepared, strict=True):
-            dec["torch"] += _time(lambda m=emb, s=s: net.decode(m, s, base.spec.input_size), 1)
+        if net is not None:
+            for emb, s in zip(torch_embeddings, slices, strict=True):
+                dec["torch"] += _time(lambda m=emb, s=s: net.decode(m, s, base.spec.input_size),
+                                      1)
     masks = {name: [engine.predict(emb, box=s.box).mask
                     for emb, s in zip(embeddings[name], slices, strict=True)]
              for name, engine in engines.items()}
@@ -280,6 +344,7 @@ def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "python": platform.python_version()},
         "rows": table,
+        "failed_rows": [{"row": name, "error": reason} for name, reason in failed.items()],
     }
     if net is not None:
         result.update({"torch_encoder_ms": _median_ms(enc["torch"]),
@@ -361,6 +426,8 @@ def format_report(result: dict) -> str:
             lines.append(f"  {row['row']:16s} {row['encoder_ms']:7.1f}ms "
                          f"{_ratio(row, 'encoder_speedup'):>8s} {row['decoder_ms']:7.1f}ms "
                          f"{_ratio(row, 'decoder_speedup'):>8s}  {dice}")
+    for row in result.get("failed_rows", []):
+        lines.append(f"  {row['row']:16s} FAILED: {row['error']}")
     return "\n".join(lines)
 
 

@@ -73,13 +73,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             logger.warning("PyTorch reference skipped: %s not installed "
                            "(pip install 'napari-medsam[export]')", ", ".join(missing))
             torch_ref = False
-    result = bench.run_bench(data, model=args.model, device=args.device, count=args.slices,
-                             repeats=args.repeats, torch_reference=torch_ref,
-                             threads=args.threads)
+    try:
+        result = bench.run_bench(data, model=args.model, device=args.device, count=args.slices,
+                                 repeats=args.repeats, torch_reference=torch_ref,
+                                 threads=args.threads)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from exc
     print(bench.format_report(result))
     if args.json:
         bench.write_json(result, args.json)
         print(f"wrote {args.json}")
+    if result["failed_rows"]:
+        raise CliError("engine row(s) failed: " + "; ".join(
+            f"{r['row']}: {r['error']}" for r in result["failed_rows"]))
     return 0
 
 

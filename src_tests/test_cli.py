@@ -60,3 +60,42 @@ def test_bench_json_has_engine_and_torch_keys(litemedsam, tmp_path, capsys):
     assert result["provider"] == "CPUExecutionProvider"
     assert result["encoder_ms"] > 0 and result["torch_encoder_ms"] > 0
     assert "speed-up" in capsys.readouterr().out
+    # every engine row of this machine, in one run (the f32 row ran before the bf16 one: on
+    # CPUs with AMX that order once crashed the whole process in OpenVINO's compile cache)
+    from napari_medsam.bench import default_rows
+
+    assert [r["row"] for r in result["rows"]] == default_rows()
+    assert result["failed_rows"] == []
+    assert all(r["encoder_ms"] > 0 and r["mask_dice_min_bench_slices"] > 0.8
+               for r in result["rows"])
+
+
+def test_a_row_that_crashes_is_reported_not_fatal(monkeypatch):
+    """A native crash in a row's engine ends its child process only, and is named."""
+    from napari_medsam import bench
+
+    monkeypatch.setattr(bench, "_PROBE_CODE",
+                        "import os, signal, sys\n"
+                        "if sys.argv[1] == 'openvino-bf16': os.kill(os.getpid(), signal.SIGSEGV)")
+    assert bench.probe_row("onnxruntime", "litemedsam", "cpu", None) is None
+    reason = bench.probe_row("openvino-bf16", "litemedsam", "cpu", None)
+    assert reason == "the engine crashed (SIGSEGV) on its first slice"
+
+
+def test_bench_reports_a_failed_row_and_exits_non_zero(litemedsam, tmp_path, monkeypatch,
+                                                       capsys):
+    from napari_medsam import bench
+
+    monkeypatch.setattr(bench, "default_rows", lambda: ["onnxruntime", "openvino-bf16"])
+    monkeypatch.setattr(bench, "probe_row", lambda row, *a: "the engine crashed (SIGSEGV) on "
+                        "its first slice" if row == "openvino-bf16" else None)
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--data", str(DATA_DIR), "--slices", "1", "--repeats", "1",
+                 "--no-torch", "--json", str(out)])
+    assert code == 1
+    result = json.loads(out.read_text())
+    assert [r["row"] for r in result["rows"]] == ["onnxruntime"]
+    assert result["failed_rows"] == [{"row": "openvino-bf16",
+                                      "error": "the engine crashed (SIGSEGV) on its first slice"}]
+    captured = capsys.readouterr()
+    assert "openvino-bf16    FAILED" in captured.out and "openvino-bf16" in captured.err

@@ -107,6 +107,63 @@ def test_compiled_precision_is_what_runs(ov_f32):
     assert "OpenVINO" in bf16.device_name
 
 
+_F32_THEN_BF16 = """
+import sys
+import numpy as np
+from napari_medsam.engine import load_model
+from napari_medsam.io import read_volume
+from napari_medsam.io.intensity import auto_mapping
+
+volume = read_volume(sys.argv[1])
+image = auto_mapping(volume.array, volume.modality).apply(volume.array[15])
+features = {}
+for precision in ("f32", "bf16"):
+    model = load_model("litemedsam", "cpu", backend="openvino", precision=precision)
+    features[precision] = model.embed(image).features.astype(np.float64).ravel()
+a, b = features["f32"], features["bf16"]
+print("cosine", a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+"""
+
+
+@needs_openvino
+def test_f32_then_bf16_with_the_compile_cache_does_not_crash(litemedsam, model_cache, tmp_path):
+    """f32 then bf16, twice, with the compile cache on.
+
+    OpenVINO's cache key ignores the precision hint: with one cache folder, the second
+    compile imported the f32 blob for bf16 and OpenVINO 2026.4 crashed (SIGSEGV) at the first
+    inference on CPUs with AMX. It runs in a child process so that a crash fails this test
+    only. Each precision gets a folder of its own; bf16 only on CPUs that compute it.
+    """
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    env = {**os.environ, "NAPARI_MEDSAM_CACHE": str(cache)}
+    scan = str(DATA_DIR / "totalseg_ct_abdomen_sm" / "image.nii.gz")
+    for run in ("compiles", "imports the blobs"):
+        done = subprocess.run([sys.executable, "-c", _F32_THEN_BF16, scan], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{run}: exit {done.returncode}\n{done.stderr[-2000:]}"
+        assert float(done.stdout.split()[-1]) > 0.99, done.stdout
+    native = backends.choose_precision("bf16").native_bf16
+    folders = sorted(p.name.split("-", 1)[1] for p in (cache / "openvino").iterdir())
+    assert folders == (["bf16-latency", "f32-latency"] if native else ["f32-latency"])
+    assert all(any(p.iterdir()) for p in (cache / "openvino").iterdir())  # blobs were cached
+
+
+def test_compile_cache_folder_names_version_precision_and_hint(tmp_path):
+    from napari_medsam.engine.openvino_model import compile_cache_folder
+
+    a = compile_cache_folder(tmp_path, "f32", "LATENCY", "2026.4.1-22982-e213a14-releases/2026/4")
+    b = compile_cache_folder(tmp_path, "bf16", "LATENCY", "2026.4.1-22982-e213a14-releases/2026/4")
+    c = compile_cache_folder(tmp_path, "f32", "THROUGHPUT", "2025.3.0-19807-44526285f24")
+    assert a.name == "ov2026.4.1-f32-latency" and a.parent == tmp_path
+    assert len({a, b, c}) == 3
+
+
 # -- masks on real slices against ONNX Runtime fp32 -----------------------------------------
 
 @pytest.fixture(scope="module")

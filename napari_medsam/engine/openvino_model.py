@@ -7,17 +7,22 @@ only the two network calls differ.
 Interactive calls use an encoder compiled with the ``LATENCY`` hint (one stream, all
 threads). Whole-volume embedding (:meth:`OpenVINOPromptModel.iter_encode`) compiles a second
 encoder lazily with the ``THROUGHPUT`` hint and keeps several infer requests in flight.
-Compiled models are cached as blobs under ``<cache>/openvino`` (OpenVINO's ``CACHE_DIR``),
-which makes the next start faster.
+Compiled models are cached as blobs under ``<cache>/openvino/<version>-<precision>-<hint>``
+(OpenVINO's ``CACHE_DIR``, one folder per compile configuration), which makes the next start
+faster. OpenVINO's own cache key ignores the precision hint: a blob compiled at f32 would be
+imported for bf16 (OpenVINO 2026.4 then crashes at the first inference on CPUs with AMX), so
+each precision, performance hint and OpenVINO version gets a folder of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -57,6 +62,29 @@ def _onnxruntime_decoder(path, threads: int | None):
         return None
 
 
+def compile_cache_folder(root: Path, precision: str, hint: str,
+                         version: str | None = None) -> Path:
+    """The compile-cache folder of one (OpenVINO version, precision, performance hint).
+
+    Parameters
+    ----------
+    root
+        ``<cache>/openvino``.
+    precision
+        The ``INFERENCE_PRECISION_HINT`` compiled with (``"f32"`` or ``"bf16"``).
+    hint
+        The ``PERFORMANCE_HINT`` (``"LATENCY"`` or ``"THROUGHPUT"``).
+    version
+        OpenVINO's version (default: the installed one); only its release part is used.
+    """
+    if version is None:
+        import openvino as ov
+
+        version = ov.get_version()
+    release = re.sub(r"[^0-9A-Za-z.]+", "_", version.split("-")[0]) or "unknown"
+    return Path(root) / f"ov{release}-{precision.lower()}-{hint.lower()}"
+
+
 def _compiled_precision(compiled) -> str:
     """What a compiled model really computes in (``"f32"`` or ``"bf16"``)."""
     value = compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -80,7 +108,8 @@ class OpenVINOPromptModel:
     auto_export
         Export a missing built-in model on first use when the export extra is installed.
     compile_cache
-        Keep compiled blobs under ``<cache>/openvino`` (faster second start).
+        Keep compiled blobs under ``<cache>/openvino`` (faster second start), one folder per
+        OpenVINO version, precision and performance hint (:func:`compile_cache_folder`).
     decoder
         What runs the (small, f32) prompt decoder: ``"openvino"``, ``"onnxruntime"`` (ONNX
         Runtime's CPU provider on the same ``decoder.onnx``), or ``"auto"``
@@ -114,15 +143,7 @@ class OpenVINOPromptModel:
         choice = backends.choose_precision(precision)
         self.native_bf16 = choice.native_bf16
         self._core = ov.Core()
-        self.compile_dir = None
-        if compile_cache:
-            self.compile_dir = cache_dir() / "openvino"
-            try:
-                self.compile_dir.mkdir(parents=True, exist_ok=True)
-                self._core.set_property({"CACHE_DIR": str(self.compile_dir)})
-            except (OSError, RuntimeError) as exc:
-                logger.warning("OpenVINO compile cache disabled (%s): %s", self.compile_dir, exc)
-                self.compile_dir = None
+        self.compile_dir = cache_dir() / "openvino" if compile_cache else None
         start = time.perf_counter()
         try:
             self._encoder = self._compile("encoder", LATENCY, choice.hint)
@@ -152,9 +173,24 @@ class OpenVINOPromptModel:
         logger.info("%s runs on %s, decoder on %s (compiled in %.1f s)", spec.name,
                     self.device_name, self.decoder_runtime, self.compile_seconds)
 
+    def _cache_folder(self, precision: str, hint: str) -> Path | None:
+        """The compile-cache folder for one configuration, or None (no cache, or unwritable)."""
+        if self.compile_dir is None:
+            return None
+        folder = compile_cache_folder(self.compile_dir, precision, hint)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logger.warning("OpenVINO compile cache disabled (%s): %s", folder, exc)
+            return None
+        return folder
+
     def _compile(self, role: str, hint: str, precision: str, requests: int | None = None):
         config: dict[str, object] = {"PERFORMANCE_HINT": hint,
                                      "INFERENCE_PRECISION_HINT": precision}
+        folder = self._cache_folder(precision, hint)
+        if folder is not None:
+            config["CACHE_DIR"] = str(folder)
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         if requests:
