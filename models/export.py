@@ -6,8 +6,11 @@ module unless it has to export a missing model.
 Files written in the model's cache folder:
 
 - ``encoder.onnx`` (batch 1: traced as it is, TinyViT fixes the batch size in a reshape) and
-  ``decoder.onnx``, byte-reproducible with a given torch version: the registry holds their
-  sha256, ``export.json`` the digests of this machine's export;
+  ``decoder.onnx``, byte-reproducible with a given torch version *on one kind of CPU* (torch
+  folds constants with the CPU's arithmetic, so an AMX Xeon and an AMD EPYC write different
+  encoder bytes). What vouches for a file is what it computes: the export's parity with
+  PyTorch, and :mod:`.fingerprint` for files whose sha256 is not known. ``export.json``
+  records this machine's digests (to detect later damage) and the PyTorch fingerprint;
 - optionally ``encoder_batched.onnx`` (:func:`export_batched_encoder`): the same weights
   with a symbolic batch axis, for encoding several slices per call on a GPU. It is exported
   on demand (``export_model(..., batched=True)``, or by the engine the first time a volume
@@ -31,7 +34,8 @@ import numpy as np
 
 from napari_medsam.paths import model_dir
 
-from .registry import SPEC_FILENAME, FileSpec, ModelSpec, get_spec, load_registry
+from .fingerprint import smoke_inputs, summarize
+from .registry import SPEC_FILENAME, FileSpec, ModelSpec, check_name, get_spec, load_registry
 
 logger = logging.getLogger(__name__)
 
@@ -91,24 +95,9 @@ def missing_export_packages() -> list[str]:
             if importlib.util.find_spec(mod) is None]
 
 
-def _smoke_inputs(input_size: int, embed: int) -> dict[str, np.ndarray]:
-    """A deterministic image-like input and a box prompt for the smoke run."""
-    yy, xx = np.mgrid[0:input_size, 0:input_size].astype(np.float32) / input_size
-    blob = np.exp(-(((yy - 0.45) ** 2 + (xx - 0.55) ** 2) / 0.02)).astype(np.float32)
-    image = np.stack([0.2 + 0.6 * blob + 0.1 * xx] * 3)[None].astype(np.float32)
-    lo, hi = 0.3 * input_size, 0.75 * input_size
-    return {
-        "image": image,
-        "point_coords": np.array([[[lo, lo], [hi, hi]]], dtype=np.float32),
-        "point_labels": np.array([[2, 3]], dtype=np.float32),
-        "mask_input": np.zeros((1, 1, 4 * embed, 4 * embed), dtype=np.float32),
-        "has_mask_input": np.zeros(1, dtype=np.float32),
-    }
-
-
 def _check_images(input_size: int, count: int = BATCH_CHECK) -> np.ndarray:
     """``count`` different deterministic image-like inputs [count, 3, S, S]."""
-    base = _smoke_inputs(input_size, input_size // 4)["image"][0]
+    base = smoke_inputs(input_size, input_size // 4)["image"][0]
     variants = [base, base[:, ::-1, :], base[:, :, ::-1].transpose(0, 2, 1),
                 0.9 - 0.8 * base]
     while len(variants) < count:
@@ -128,8 +117,12 @@ def _torch_export(module, args, path: Path, input_names, output_names, dynamic_a
         )
 
 
-def _export_files(model, workdir: Path) -> tuple[Path, Path, float]:
-    """Write encoder.onnx and decoder.onnx in ``workdir``; return the parity of a smoke run."""
+def _export_files(model, workdir: Path) -> tuple[Path, Path, float, dict]:
+    """Write encoder.onnx and decoder.onnx in ``workdir``.
+
+    Returns both paths, the parity of a smoke run (largest logit difference between ONNX
+    Runtime and PyTorch) and PyTorch's :func:`.fingerprint.summarize` of that run.
+    """
     import onnx
     import onnxruntime as ort
     import torch
@@ -138,7 +131,7 @@ def _export_files(model, workdir: Path) -> tuple[Path, Path, float]:
 
     size = model.input_size
     embed = 64  # both TinyViT (256 px / 4) and SAM's ViT (1024 px / 16) give 64x64
-    inputs = _smoke_inputs(size, embed)
+    inputs = smoke_inputs(size, embed)
     encoder = EncoderForExport(model.image_encoder).eval()
     decoder = DecoderForExport(model.prompt_encoder, model.mask_decoder, size).eval()
     enc_path, dec_path = workdir / "encoder.onnx", workdir / "decoder.onnx"
@@ -156,7 +149,8 @@ def _export_files(model, workdir: Path) -> tuple[Path, Path, float]:
                        "has_mask_input"],
                       ["low_res_masks", "iou_predictions"],
                       {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}})
-        ref_masks, _ = decoder(*dec_args)
+        ref_masks, ref_iou = decoder(*dec_args)
+        fingerprint = summarize(embeddings.numpy(), ref_masks.numpy(), ref_iou.numpy())
     for path in (enc_path, dec_path):
         onnx.checker.check_model(str(path))
     opts = ort.SessionOptions()
@@ -168,7 +162,7 @@ def _export_files(model, workdir: Path) -> tuple[Path, Path, float]:
                                     "has_mask_input")}
     masks, _ = dec.run(None, {"image_embeddings": emb, **feeds})
     diff = float(np.abs(masks[:, 0] - ref_masks.numpy()[:, 0]).max())
-    return enc_path, dec_path, diff
+    return enc_path, dec_path, diff, fingerprint
 
 
 def _export_batched_file(model, path: Path) -> tuple[float, float]:
@@ -347,6 +341,10 @@ def export_model(name: str = "litemedsam", *, checkpoint: str | Path | None = No
         )
     from .builders import CheckpointError, build_model, bundled_litemedsam_checkpoint
 
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     registry = load_registry()
     builtin = name in registry and registry[name].builtin
     if builtin:
@@ -389,7 +387,7 @@ def export_model(name: str = "litemedsam", *, checkpoint: str | Path | None = No
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         workdir = Path(tmp)
-        enc_path, dec_path, diff = _export_files(model, workdir)
+        enc_path, dec_path, diff, fingerprint = _export_files(model, workdir)
         if not diff <= PARITY_TOLERANCE:
             raise ExportError(f"exported decoder differs from PyTorch by {diff:.2e} "
                               f"(> {PARITY_TOLERANCE}); the ONNX files were not kept")
@@ -414,7 +412,7 @@ def export_model(name: str = "litemedsam", *, checkpoint: str | Path | None = No
         info = {"name": name, "architecture": architecture, "checkpoint": model.checkpoint,
                 "checkpoint_sha256": model.checkpoint_sha256, "sha256": shas,
                 "opset": OPSET, "torch": torch.__version__, "max_abs_diff": diff,
-                "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "fingerprint": fingerprint, "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (workdir / EXPORT_INFO).write_text(json.dumps(info, indent=2))
         if target.exists():
             shutil.rmtree(target)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,22 @@ logger = logging.getLogger(__name__)
 
 SPEC_FILENAME = "model.json"
 ROLES = ("encoder", "decoder")
+#: A model name or file name: letters, digits, ``_``, ``-`` and ``.``, not starting with ``.``
+#: or ``-``, at most 64 characters (so ``..``, ``.`` and paths are never names).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """``name`` when it is a safe model or file name; a ValueError that says why otherwise.
+
+    Model names become folders in the user cache and file names are joined to them: a name
+    like ``..`` or ``a/b`` must never reach the file system (``export-model --name ..`` once
+    deleted the whole cache).
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"invalid {what} {name!r}: use 1 to 64 letters, digits, '_', '-' or "
+                         "'.', starting with a letter, digit or '_' (no folders, '.' or '..')")
+    return name
 
 
 @dataclass(frozen=True)
@@ -28,6 +45,9 @@ class FileSpec:
 
     filename: str
     sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.filename, "file name")
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,9 @@ class ModelSpec:
     opset: int = 17
     builtin: bool = True
     notes: str = ""
+    #: What the model computes on a fixed input (:mod:`.fingerprint`); verifies files whose
+    #: bytes differ from ``files[role].sha256`` (exports on other CPUs).
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -62,7 +85,7 @@ class ModelSpec:
         return prompt in self.prompts
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "display_name": self.display_name,
             "architecture": self.architecture,
             "source": self.source,
@@ -76,11 +99,15 @@ class ModelSpec:
             "files": {r: {"filename": f.filename, "sha256": f.sha256}
                       for r, f in self.files.items()},
         }
+        if self.fingerprint:
+            data["fingerprint"] = self.fingerprint
+        return data
 
 
 def spec_from_json(name: str, data: dict[str, Any], *, builtin: bool) -> ModelSpec:
     """Build a :class:`ModelSpec` from a registry entry, naming the field that is wrong."""
     try:
+        check_name(name)
         files = {role: FileSpec(**data["files"][role]) for role in ROLES}
         return ModelSpec(
             name=name,
@@ -96,9 +123,12 @@ def spec_from_json(name: str, data: dict[str, Any], *, builtin: bool) -> ModelSp
             opset=int(data.get("opset", 17)),
             builtin=builtin,
             notes=data.get("notes", ""),
+            fingerprint=dict(data.get("fingerprint", {})),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"model registry entry {name!r} is invalid: missing or bad {exc}") from exc
+    except KeyError as exc:
+        raise ValueError(f"model registry entry {name!r} is invalid: missing {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model registry entry {name!r} is invalid: {exc}") from exc
 
 
 def _builtin_entries() -> dict[str, Any]:

@@ -26,7 +26,12 @@ class CliError(Exception):
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from napari_medsam.models.export import ExportError, export_model
+    from napari_medsam.models.registry import check_name
 
+    try:
+        check_name(args.name)
+    except ValueError as exc:
+        raise CliError(f"--name: {exc}", EXIT_USAGE) from None
     try:
         result = export_model(args.name, checkpoint=args.checkpoint, architecture=args.arch,
                               preprocessing=args.preprocess, force=args.force,

@@ -19,5 +19,13 @@ def cache_dir() -> Path:
 
 
 def model_dir(name: str) -> Path:
-    """Folder holding the exported ONNX files of model ``name``."""
-    return cache_dir() / "models" / name
+    """Folder holding the exported ONNX files of model ``name``.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not a plain folder name (see ``models.registry.check_name``).
+    """
+    from napari_medsam.models.registry import check_name
+
+    return cache_dir() / "models" / check_name(name)

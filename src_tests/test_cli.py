@@ -42,6 +42,21 @@ def test_export_of_a_missing_checkpoint_is_an_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_export_model_refuses_a_name_that_is_a_path(tmp_path):
+    """`--name ..` once deleted the whole cache (models, embeddings); `.` the built-in model."""
+    keep = tmp_path / "embeddings" / "x" / "meta.json"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("{}")
+    for name in ("..", "."):
+        result = run_cli("export-model", "--name", name, env_cache=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"napari-medsam export-model: error: --name: invalid model name {name!r}: use 1 to "
+            "64 letters, digits, '_', '-' or '.', starting with a letter, digit or '_' (no "
+            "folders, '.' or '..')"]
+    assert keep.is_file()
+
+
 def test_bench_without_data_is_a_usage_error(tmp_path):
     result = run_cli("bench", "--data", str(tmp_path / "nothing"), env_cache=tmp_path)
     assert result.returncode == 2
