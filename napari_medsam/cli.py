@@ -165,16 +165,17 @@ def _mapping(volume, window: str | None):
 
 
 def _check_output(path: str) -> Path:
-    from napari_medsam.io import WRITE_EXTENSIONS
+    """The output label map, checked before any model work (folder, permissions, format)."""
+    from napari_medsam.io import WRITE_EXTENSIONS, VolumeWriteError, check_writable
 
     out = Path(path).expanduser()
     if not out.name.lower().endswith(WRITE_EXTENSIONS) or out.name.lower() in WRITE_EXTENSIONS:
         raise CliError(f"--out {out}: label maps are written as {', '.join(WRITE_EXTENSIONS)}",
                        EXIT_USAGE)
-    if not out.parent.is_dir():
-        raise CliError(f"--out {out}: folder {out.parent} does not exist", EXIT_USAGE)
-    if out.is_dir():
-        raise CliError(f"--out {out} is a folder", EXIT_USAGE)
+    try:
+        check_writable(out)
+    except VolumeWriteError as exc:
+        raise CliError(f"--out: {exc}", EXIT_USAGE) from None
     return out
 
 

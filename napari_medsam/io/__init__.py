@@ -12,11 +12,12 @@ from .label_descriptions import (
 )
 from .read import folder_has_dicom, is_dicom_file, is_volume_path, read_volume, volume_name
 from .volume import Volume, VolumeReadError, VolumeWriteError, looks_like_label_map
-from .write import WRITE_EXTENSIONS, label_dtype, write_labels
+from .write import WRITE_EXTENSIONS, check_writable, label_dtype, write_labels
 
 __all__ = [
     "CT_WINDOWS",
     "WRITE_EXTENSIONS",
+    "check_writable",
     "IntensityMapping",
     "Volume",
     "VolumeReadError",

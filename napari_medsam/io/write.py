@@ -5,9 +5,13 @@ No napari or Qt imports here.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import shutil
+import stat
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +24,13 @@ from .volume import IDENTITY_DIRECTION, Volume, VolumeWriteError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WRITE_EXTENSIONS", "label_dtype", "write_labels"]
+__all__ = ["WRITE_EXTENSIONS", "check_writable", "label_dtype", "write_labels"]
 
 #: File name endings :func:`write_labels` can write.
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 _UNSIGNED = (np.uint8, np.uint16, np.uint32)
+#: NIfTI-1 header and its 4-byte extension flag: where SimpleITK puts the voxels.
+_NIFTI1_HEADER = 352
 
 
 def _split_extension(path: Path) -> tuple[str, str]:
@@ -114,6 +120,122 @@ def _as_label_array(array: Any, target: Path) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
+def _resolve_link(target: Path) -> Path:
+    """The file a symbolic link points to (the link stays a link), else ``target``."""
+    if target.is_symlink():
+        resolved = Path(os.path.realpath(target))
+        logger.info("%s is a link: writing %s", target, resolved)
+        return resolved
+    return target
+
+
+def check_writable(target: str | os.PathLike[str]) -> Path:
+    """Raise :class:`VolumeWriteError` unless a label map can be written at ``target``.
+
+    Checks, before any work is done, that the folder exists and is writable and that the
+    target is not a folder (or a read-only file). Call it first when the labels take long to
+    compute (``napari-medsam segment``).
+    """
+    path = _resolve_link(Path(os.fspath(target)).expanduser())
+    _split_extension(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise VolumeWriteError(f"cannot write {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise VolumeWriteError(f"cannot write {path}: it is a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise VolumeWriteError(f"cannot write {path}: folder {folder} is not writable "
+                               "(permission denied)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise VolumeWriteError(f"cannot write {path}: the file is read-only (permission denied)")
+    return path
+
+
+def _check_free_space(target: Path, ext: str, labels: np.ndarray) -> None:
+    """Refuse an uncompressed file that cannot fit (compressed sizes are verified after)."""
+    if ext != ".nii":
+        return
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        return
+    needed = labels.nbytes + _NIFTI1_HEADER
+    if free < needed:
+        raise VolumeWriteError(
+            f"cannot write {target}: not enough free space ({_mib(free)} free on its disk, "
+            f"{_mib(needed)} needed){_kept_note(target)}")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.1f} MiB"
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable (POSIX); folders cannot be opened on Windows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _nifti_payload_bytes(path: Path, compressed: bool) -> int:
+    """Bytes of a NIfTI file once unpacked (raises on a cut-off gzip stream)."""
+    if not compressed:
+        return path.stat().st_size
+    total = 0
+    with gzip.open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            total += len(block)
+    return total
+
+
+def _verify_written(tmp: Path, target: Path, ext: str, labels: np.ndarray,
+                    holder: Volume) -> None:
+    """Read the new file back before it replaces anything: size, voxels and geometry.
+
+    SimpleITK's NIfTI writer ignores short writes (a full disk leaves a cut-off file and no
+    error), and its reader fills a cut-off NIfTI with zeros, so NIfTI files are also checked
+    for their full length.
+    """
+    where = (f"could not write {target}: the new file was cut short or damaged when written "
+             "(is the disk full?)")
+    if ext in (".nii", ".nii.gz"):
+        try:
+            payload = _nifti_payload_bytes(tmp, ext == ".nii.gz")
+        except (OSError, EOFError, zlib.error) as exc:
+            raise VolumeWriteError(f"{where}: {exc}") from exc
+        needed = labels.nbytes + _NIFTI1_HEADER
+        if payload < needed:
+            raise VolumeWriteError(f"{where}: {payload} of "
+                                   f"{needed} bytes")
+    try:
+        back = sitk.ReadImage(str(tmp))
+    except RuntimeError as exc:
+        raise VolumeWriteError(f"{where}") from exc
+    voxels = sitk.GetArrayViewFromImage(back)
+    if voxels.shape != labels.shape or not np.array_equal(voxels, labels):
+        raise VolumeWriteError(f"{where}: its voxels differ")
+    if not (np.allclose(back.GetSpacing(), holder.spacing, rtol=1e-4)
+            and np.allclose(back.GetOrigin(), holder.origin, rtol=1e-5, atol=1e-2)
+            and np.allclose(back.GetDirection(), holder.direction, atol=1e-3)):
+        raise VolumeWriteError(f"{where}: its geometry differs")
+
+
+def _kept_note(target: Path) -> str:
+    return f"; {target} was left as it was" if target.exists() else ""
+
+
 def write_labels(
     array: Any,
     path: str | os.PathLike[str],
@@ -124,8 +246,12 @@ def write_labels(
     """Write a label map with the spacing, origin and direction of its scan.
 
     The file is first written to a temporary file in the same folder (with the same
-    extension, so SimpleITK picks the right writer) and then moved over the target
-    with :func:`os.replace`: the target is either the old file or the complete new one.
+    extension, so SimpleITK picks the right writer), flushed to disk, read back and
+    compared (length, every voxel, geometry), and only then moved over the target with
+    :func:`os.replace`: the target is either the old file or the complete new one, also
+    when the disk fills up (SimpleITK's NIfTI writer does not report short writes). An
+    existing file keeps its permissions; a symbolic link keeps pointing to the file it
+    names, which is the one replaced.
 
     Parameters
     ----------
@@ -151,9 +277,10 @@ def write_labels(
     Raises
     ------
     VolumeWriteError
-        For an unsupported extension, a missing folder, a shape that differs from the
-        geometry's, negative or too large labels, or a failed write. Nothing is left
-        behind in those cases.
+        For an unsupported extension, a missing or read-only folder, too little free
+        space, a shape that differs from the geometry's, negative or too large labels, or
+        a write that did not read back intact. Nothing is left behind in those cases and
+        an existing file is untouched.
     """
     target = Path(os.fspath(path)).expanduser()
     stem, ext = _split_extension(target)
@@ -164,19 +291,28 @@ def write_labels(
             f"cannot write {target}: the labels have shape {tuple(arr.shape)} but the scan "
             f"has shape {tuple(expected_shape)} (z, y, x)"
         )
-    if not target.parent.is_dir():
-        raise VolumeWriteError(f"cannot write {target}: folder {target.parent} does not exist")
+    target = check_writable(target)  # a link's target: the link stays a link
+    stem, ext = _split_extension(target)
     labels = _as_label_array(arr, target)
     image = sitk.GetImageFromArray(labels)
     holder.copy_geometry_to(image)
+    _check_free_space(target, ext, labels)
 
     tmp = target.with_name(f".{stem}.{uuid.uuid4().hex[:10]}.tmp{ext}")
     try:
         sitk.WriteImage(image, str(tmp), ext != ".nii")
+        _fsync(tmp)
+        _verify_written(tmp, target, ext, labels, holder)
+        if target.exists():
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))  # keep the file's permissions
         os.replace(tmp, target)
+        _fsync_folder(target.parent)
     except (RuntimeError, OSError) as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise VolumeWriteError(f"could not write {target}: {detail}") from exc
+        raise VolumeWriteError(f"could not write {target}: {detail}"
+                               f"{_kept_note(target)}") from exc
+    except VolumeWriteError as exc:
+        raise VolumeWriteError(f"{exc}{_kept_note(target)}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
