@@ -14,6 +14,7 @@ logger = logging.getLogger("napari_medsam.cli")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
 
 
 class CliError(Exception):
@@ -179,6 +180,18 @@ def _check_output(path: str) -> Path:
     return out
 
 
+def _duration(seconds: float) -> str:
+    """``75`` -> ``"1 min 15 s"``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from napari_medsam.io import read_volume, write_labels
     from napari_medsam.segmentation import SegmentationSession
@@ -208,9 +221,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             f"slices {outcome.slices[0]}..{outcome.slices[-1]}")
         kept = f", {outcome.kept} voxels kept by earlier objects" if outcome.kept else ""
         count = len(outcome.slices)
+        left = (time.perf_counter() - t0) / n * (total - n)
+        eta = f", about {_duration(left)} left" if n < total else ""
         progress(f"[{n}/{total}] {p.title}: {p.mode}, {outcome.voxels} voxels on "
                  f"{count} slice{'s' * (count != 1)} ({where}, axis {p.axis}){kept} "
-                 f"({outcome.seconds:.1f} s)", True)
+                 f"({outcome.seconds:.1f} s{eta})", True)
 
     print(f"segmenting {len(prompts)} objects in {volume.path} ({model.name} on "
           f"{getattr(model, 'device_name', 'cpu')}, intensity {mapping.key})", file=sys.stderr)
@@ -260,6 +275,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"--json {args.json}: folder does not exist", EXIT_USAGE)
     image = read_volume(args.image)
     reference = read_volume(args.reference)
+    if not reference.is_label_map:
+        raise CliError(f"{args.reference} is not a label map: it looks like a scan "
+                       f"({reference.modality}, {reference.array.dtype} values "
+                       f"{reference.array.min():g}..{reference.array.max():g}). The reference "
+                       "must be a segmentation of IMAGE: whole numbers >= 0, one per structure",
+                       EXIT_USAGE)
     try:
         ref_array, resampled = ev.align_reference(image, reference)
     except ev.EvalError as exc:
@@ -376,6 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"napari-medsam {args.command}: error: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; outputs are written last
+        clear = "\r\033[K" if sys.stderr.isatty() else ""
+        print(f"{clear}napari-medsam {args.command}: interrupted (Ctrl-C); no output was "
+              "written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a clear one-line message instead of a traceback
         from napari_medsam.engine import ModelFileError, PromptError
 

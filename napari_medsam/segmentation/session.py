@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_medsam.engine.cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
+from napari_medsam.engine.preprocess import PromptError
 from napari_medsam.engine.protocol import Box, Embedding, Point, Prediction, PromptModel
 
 from .roi import (
@@ -120,7 +121,11 @@ class SegmentationSession:
         size = self.volume.shape[ref.axis]
         if not 0 <= ref.index < size:
             raise IndexError(f"slice {ref.index} is outside 0..{size - 1} along axis {ref.axis}")
-        return self.mapping.apply(np.take(self.volume, ref.index, axis=ref.axis))
+        raw = np.take(self.volume, ref.index, axis=ref.axis)
+        if raw.dtype.kind == "f" and not np.isfinite(raw).any():
+            raise PromptError(f"slice {ref.index} (axis {ref.axis}) holds no image data (every "
+                              "value is NaN): there is nothing to segment on it")
+        return self.mapping.apply(raw)
 
     def cache_key(self, ref: SliceRef) -> tuple:
         return (self.data_id, ref.axis, ref.index, self.mapping.key, self.model.name)

@@ -1,0 +1,125 @@
+"""Bad input and interruptions on the command line: one clear line, the right exit code,
+nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import case_dir
+
+from napari_medsam.cli import main
+from napari_medsam.engine import PromptError
+from napari_medsam.segmentation import SegmentationSession, SliceRef
+from napari_medsam.segmentation.prompts_file import MAX_OBJECTS
+
+MR = case_dir("totalseg_mr_abdomen_sm")  # (20, 91, 117), 23 structures
+CT = case_dir("totalseg_ct_abdomen_sm")
+
+
+def _one_error_line(stderr: str, command: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"napari-medsam {command}: ")
+    return lines[0]
+
+
+def test_a_deeply_nested_prompt_file_is_a_usage_error(tmp_path, capsys):
+    """100,000 levels of nesting raised RecursionError (a traceback, exit 1)."""
+    prompts = tmp_path / "deep.json"
+    prompts.write_text('{"objects": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    code = main(["segment", str(MR / "image.nii.gz"), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "seg.nii.gz")])
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err, "segment")
+    assert "nested too deeply" in line
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_too_many_objects_are_refused_before_any_work(tmp_path, capsys):
+    objects = [{"label": i + 1, "slice": 10, "box": [10, 10, 40, 40]}
+               for i in range(MAX_OBJECTS + 1)]
+    prompts = tmp_path / "many.json"
+    prompts.write_text(json.dumps({"objects": objects}))
+    code = main(["segment", str(MR / "image.nii.gz"), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "seg.nii.gz")])
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err, "segment")
+    assert f"{MAX_OBJECTS + 1} objects; a prompt file holds at most {MAX_OBJECTS}" in line
+
+
+def test_eval_with_a_scan_as_the_reference_names_the_mistake(tmp_path, capsys):
+    """It said "expected non-negative integer"."""
+    code = main(["eval", str(CT / "image.nii.gz"), str(CT / "image.nii.gz"), "--mode", "box"])
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err, "eval")
+    assert "image.nii.gz is not a label map: it looks like a scan (CT" in line
+    assert "must be a segmentation of IMAGE" in line
+
+
+def test_a_box_on_a_slice_without_image_data_is_refused(litemedsam):
+    """A box on an all-NaN slice gave a 256-pixel mask and no warning."""
+    from napari_medsam.io import read_volume
+    from napari_medsam.io.intensity import auto_mapping
+
+    volume = read_volume(MR / "image.nii.gz")
+    array = volume.array.astype(np.float32)
+    array[3] = np.nan
+    session = SegmentationSession(litemedsam, array, auto_mapping(array, "MR"))
+    with pytest.raises(PromptError, match="slice 3 .axis 0. holds no image data"):
+        session.predict_prompts(SliceRef(0, 3), [(20, 20, 60, 60)])
+    assert session.predict_prompts(SliceRef(0, 10), [(20, 20, 60, 60)]).any()
+
+
+def _interrupt(args: list[str], wait_for: str, cache) -> subprocess.CompletedProcess:
+    """Run the CLI, send SIGINT once ``wait_for`` appears on stderr, collect the rest."""
+    env = {**os.environ, "NAPARI_MEDSAM_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_medsam.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.monotonic() + 240
+    stream = proc.stderr if wait_for.startswith("[") else proc.stdout
+    for line in stream:
+        seen.append(line)
+        if wait_for in line or time.monotonic() > deadline:
+            break
+    assert any(wait_for in ln for ln in seen), "".join(seen)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    other = "".join(seen)
+    return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                       (other if stream is proc.stdout else "") + out,
+                                       (other if stream is proc.stderr else "") + err)
+
+
+def test_ctrl_c_during_segment_is_one_line_exit_130_and_writes_nothing(litemedsam, model_cache,
+                                                                       tmp_path):
+    objects = [{"label": i + 1, "slice": 4 + i % 12, "box": [20, 20, 70, 90],
+                "slice_range": [4 + i % 12, 5 + i % 12]} for i in range(12)]
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"objects": objects}))
+    out = tmp_path / "seg.nii.gz"
+    done = _interrupt(["segment", str(MR / "image.nii.gz"), "--prompts", str(prompts),
+                       "--out", str(out), "--backend", "onnxruntime"], "[1/12]", model_cache)
+    assert done.returncode == 130
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "napari-medsam segment: interrupted (Ctrl-C); no output was written")
+    assert "about" in done.stderr  # the progress shows the time left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.json"]
+
+
+def test_ctrl_c_during_embed_keeps_a_valid_cache(litemedsam, model_cache, tmp_path):
+    done = _interrupt(["embed", str(CT / "image.nii.gz"), "--backend", "onnxruntime"],
+                      "to encode", model_cache)
+    assert done.returncode == 130
+    assert "Traceback" not in done.stderr + done.stdout
+    from napari_medsam.engine.disk_cache import cache_entries
+
+    assert all(entry.meta for entry in cache_entries())  # every folder has its meta.json
