@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,34 @@ def geometry_from_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def label_colors(colormap: Any, labels: Iterable[int]) -> dict[int, tuple[float, ...]]:
+    """The RGBA colours (0..1) a Labels layer shows, for ``labels`` and every label that
+    a direct colormap names explicitly (what the ``.label.txt`` sidecar keeps).
+
+    Parameters
+    ----------
+    colormap
+        The layer's ``colormap`` (napari's ``CyclicLabelColormap`` or
+        ``DirectLabelColormap``), or None.
+    labels
+        Label values whose colour is wanted anyway (e.g. the named ones).
+    """
+    if colormap is None:
+        return {}
+    from napari.utils.colormaps import DirectLabelColormap
+
+    wanted = {int(v) for v in labels}
+    if isinstance(colormap, DirectLabelColormap):
+        wanted |= {int(k) for k in colormap.color_dict if k is not None}
+    wanted.discard(0)
+    if not wanted:
+        return {}
+    values = np.array(sorted(wanted), dtype=np.uint32)
+    rgba = np.asarray(colormap.map(values), dtype=float)
+    return {int(v): tuple(round(float(c), 4) for c in color)
+            for v, color in zip(values, rgba, strict=True)}
+
+
 def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer for Labels layers (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``).
 
@@ -53,19 +81,23 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     data : array-like
         The labels, (z, y, x).
     attributes : dict
-        The layer attributes napari passes (``metadata``, ``scale``, ``translate``...).
-        Label names come from ``metadata["label_names"]`` when present.
+        The layer attributes napari passes (``metadata``, ``scale``, ``translate``,
+        ``colormap``...). Label names come from ``metadata["label_names"]`` when present;
+        the colours (with their alpha) of the named labels and of every label a direct
+        colormap sets go to the sidecar too (:func:`label_colors`).
 
     Returns
     -------
     list of str
-        The written file (the label names sidecar is written beside it when there
-        are names).
+        The written file (the ``.label.txt`` sidecar is written beside it when there
+        are names or colours).
     """
     geometry = geometry_from_attributes(attributes)
     metadata = attributes.get("metadata") or {}
     names = metadata.get("label_names") or None
+    colors = label_colors(attributes.get("colormap"), names or ()) or None
     if isinstance(data, (list, tuple)):  # multiscale labels: save the full resolution
         data = data[0]
-    written = _write_label_file(np.asarray(data), path, geometry, label_names=names)
+    written = _write_label_file(np.asarray(data), path, geometry, label_names=names,
+                                colors=colors)
     return [str(written)]

@@ -131,3 +131,32 @@ def test_save_labels_layer_with_image_geometry(viewer, tmp_path):
     (again,) = viewer.open(str(target), plugin=PLUGIN)
     assert isinstance(again, Labels)
     np.testing.assert_allclose(again.scale, image.scale)
+
+
+def test_label_colours_and_alpha_survive_saving_and_reopening(viewer, tmp_path):
+    """Names survived napari's writer and reader, colours and alpha were reset to defaults."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    (image,) = viewer.open(str(case_dir("totalseg_ct_abdomen_sm") / "image.nii.gz"),
+                           plugin=PLUGIN)
+    (labels,) = viewer.open(str(case_dir("totalseg_ct_abdomen_sm") / "label.nii.gz"),
+                            plugin=PLUGIN)
+    chosen = {5: (0.9, 0.1, 0.1, 1.0), 2: (0.1, 0.2, 0.9, 0.5), 3: (0.0, 0.8, 0.2, 0.0)}
+    shown_before = labels.colormap.map(np.array([1, 6], dtype=np.uint32))
+    labels.colormap = DirectLabelColormap(color_dict={
+        **{v: tuple(c) for v, c in zip((1, 6), shown_before, strict=True)}, **chosen,
+        0: (0, 0, 0, 0), None: (1, 1, 0, 1)})
+    labels.metadata = {**labels.metadata, "label_names": {5: "liver", 2: "right kidney"}}
+    target = tmp_path / "edited.nii.gz"
+    assert labels.save(str(target), plugin=PLUGIN) == [str(target)]
+
+    (again,) = viewer.open(str(target), plugin=PLUGIN)
+    assert isinstance(again, Labels)
+    values = np.array([5, 2, 3, 1, 6], dtype=np.uint32)
+    np.testing.assert_allclose(again.colormap.map(values), labels.colormap.map(values),
+                               atol=1 / 255)
+    assert read_volume(target).label_names[5] == "liver"
+    # a label the sidecar does not list keeps napari's default colour
+    plain = viewer.add_labels(np.zeros((2, 2, 2), np.uint8))
+    np.testing.assert_allclose(again.colormap.map(np.array([7], np.uint32)),
+                               plain.colormap.map(np.array([7], np.uint32)), atol=1e-6)

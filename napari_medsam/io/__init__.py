@@ -10,12 +10,20 @@ from .label_descriptions import (
     read_label_descriptions,
     write_label_descriptions,
 )
-from .read import folder_has_dicom, is_dicom_file, is_volume_path, read_volume, volume_name
+from .read import (
+    SLICE_GAP_CHOICES,
+    folder_has_dicom,
+    is_dicom_file,
+    is_volume_path,
+    read_volume,
+    volume_name,
+)
 from .volume import Volume, VolumeReadError, VolumeWriteError, looks_like_label_map
 from .write import WRITE_EXTENSIONS, check_writable, label_dtype, write_labels
 
 __all__ = [
     "CT_WINDOWS",
+    "SLICE_GAP_CHOICES",
     "WRITE_EXTENSIONS",
     "check_writable",
     "IntensityMapping",

@@ -91,7 +91,8 @@ def looks_like_label_map(array: np.ndarray, path: str | None = None) -> bool:
     starting with ``label``, ``seg`` or ``mask`` (``liver_seg.nii.gz``), or the array
     has integer dtype, few distinct values (<= 1000 and far fewer than voxels) and
     neighbouring voxels are mostly equal (scans with few grey levels, e.g. 8-bit MRI,
-    fail this last test).
+    fail this last test). A constant array counts only when it is all zero (an empty
+    segmentation) or named as a label map: a constant scan is not one.
 
     Parameters
     ----------
@@ -117,6 +118,8 @@ def looks_like_label_map(array: np.ndarray, path: str | None = None) -> bool:
     if n_touched and np.count_nonzero(changed & touched) / n_touched >= _MAX_NEIGHBOUR_CHANGE:
         return False
     n_unique = np.unique(sample).size
+    if n_unique == 1 and sample.flat[0] != 0 and arr.min() == arr.max():
+        return False  # constant and not zero: a blank scan, not an empty segmentation
     return n_unique <= _MAX_LABELS and n_unique * _MIN_VOXELS_PER_LABEL <= sample.size
 
 
@@ -142,6 +145,10 @@ class Volume:
         DICOM SeriesInstanceUID of the opened series (``""`` when the files have none).
     other_series : list of str
         Other DICOM series found in the same folder that were not opened.
+    warnings : list of str
+        What the reader had to repair or leave out to open it (e.g. blank slices filled
+        in for missing DICOM slices, unreadable files); empty for a clean read. The
+        napari reader shows them as notifications.
     """
 
     array: np.ndarray
@@ -153,6 +160,7 @@ class Volume:
     label_names: dict[int, str] = field(default_factory=dict)
     series_id: str | None = None
     other_series: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array)
@@ -166,6 +174,7 @@ class Volume:
         self.path = None if self.path is None else str(self.path)
         self.label_names = _label_name_keys(self.label_names)
         self.other_series = [str(s) for s in self.other_series]
+        self.warnings = [str(w) for w in self.warnings]
 
     # -- napari geometry -------------------------------------------------------------
     @property
@@ -250,7 +259,7 @@ class Volume:
         Keys: ``spacing``, ``origin``, ``direction`` (lists, SimpleITK order), ``shape``
         (z, y, x), ``path``, ``modality``, ``label_names`` (int keys; ``json.dumps``
         turns them into strings and :meth:`from_metadata` accepts both),
-        ``series_id`` and ``other_series``.
+        ``series_id``, ``other_series`` and ``warnings``.
         """
         return {
             "spacing": list(self.spacing),
@@ -262,6 +271,7 @@ class Volume:
             "label_names": dict(self.label_names),
             "series_id": self.series_id,
             "other_series": list(self.other_series),
+            "warnings": list(self.warnings),
         }
 
     @classmethod
@@ -281,6 +291,7 @@ class Volume:
             label_names=_label_name_keys(meta.get("label_names")),
             series_id=meta.get("series_id"),
             other_series=list(meta.get("other_series") or []),
+            warnings=list(meta.get("warnings") or []),
         )
 
     # -- SimpleITK ----------------------------------------------------------------------
