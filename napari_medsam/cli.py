@@ -147,6 +147,13 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
                    help="OpenVINO CPU precision (auto = f32; bf16 is faster but moves masks)")
 
 
+def add_slice_gaps_option(p: argparse.ArgumentParser) -> None:
+    """``--slice-gaps error|fill``: DICOM series with missing slices."""
+    p.add_argument("--slice-gaps", default="error", choices=["error", "fill"],
+                   help="a DICOM series with missing slices: refuse it (error, default), or "
+                        "open it with blank slices at the missing positions (fill)")
+
+
 def _add_zoom_option(p: argparse.ArgumentParser) -> None:
     """``--zoom auto|off``: small boxes segmented in a zoomed crop (issue 8)."""
     p.add_argument("--zoom", default="auto", choices=["auto", "off"],
@@ -202,7 +209,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     )
 
     out = _check_output(args.out)
-    volume = read_volume(args.image)
+    volume = read_volume(args.image, slice_gaps=args.slice_gaps)
     if volume.is_label_map:
         logger.warning("%s looks like a label map, not a scan", args.image)
     try:
@@ -273,7 +280,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"--jitter must be >= 0, got {args.jitter}", EXIT_USAGE)
     if args.json and not Path(args.json).expanduser().parent.is_dir():
         raise CliError(f"--json {args.json}: folder does not exist", EXIT_USAGE)
-    image = read_volume(args.image)
+    image = read_volume(args.image, slice_gaps=args.slice_gaps)
     reference = read_volume(args.reference)
     if not reference.is_label_map:
         raise CliError(f"{args.reference} is not a label map: it looks like a scan "
@@ -360,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="later objects paint over earlier ones (default: keep earlier ones)")
     _add_zoom_option(p)
+    add_slice_gaps_option(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("eval", help="simulate a user from a reference label map; Dice per label",
@@ -380,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_options(p)
     p.add_argument("--window", help="intensity mapping (default: automatic)")
     _add_zoom_option(p)
+    add_slice_gaps_option(p)
     p.set_defaults(func=_cmd_eval)
     from napari_medsam.cli_embed import add_embed_parser
 

@@ -123,3 +123,33 @@ def test_ctrl_c_during_embed_keeps_a_valid_cache(litemedsam, model_cache, tmp_pa
     from napari_medsam.engine.disk_cache import cache_entries
 
     assert all(entry.meta for entry in cache_entries())  # every folder has its meta.json
+
+
+def test_segment_on_a_dicom_series_with_a_missing_slice(litemedsam, tmp_path, capsys):
+    """Refused with the position by default; --slice-gaps fill segments it on the true grid."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    from napari_medsam.io import read_volume
+
+    series = tmp_path / "dicom"
+    shutil.copytree(case_dir("totalseg_ct_dicom") / "dicom", series)
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series))
+    os.remove(files[10])
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"objects": [
+        {"label": 1, "name": "body", "slice": 4, "box": [100, 100, 400, 400]}]}))
+    out = tmp_path / "seg.nii.gz"
+    args = ["segment", str(series), "--prompts", str(prompts), "--out", str(out),
+            "--backend", "onnxruntime"]
+    assert main(args) == 1
+    line = _one_error_line(capsys.readouterr().err, "segment")
+    assert "1 slice is missing at" in line and "2 mm apart" in line
+    assert not out.exists()
+    assert main([*args, "--slice-gaps", "fill"]) == 0
+    full = read_volume(case_dir("totalseg_ct_dicom") / "dicom")
+    written = read_volume(out)
+    assert written.shape == full.shape
+    np.testing.assert_allclose(written.spacing, full.spacing, atol=1e-4)
+    assert written.array[4].any() and not written.array[10].any()
