@@ -233,11 +233,24 @@ class EmbedPanel(QGroupBox):
         return size
 
     def clear_disk_cache(self) -> None:
-        """Delete the stored embeddings of every scan (not while embedding)."""
+        """Delete the stored embeddings of every scan (not while embedding).
+
+        While another napari-medsam process writes embeddings (e.g. ``napari-medsam
+        embed``), nothing is deleted and a notification says so.
+        """
         if self.running:
             show_warning("MedSAM: cancel the volume embedding before clearing the disk cache")
             return
-        freed = clear_cache()
+        from napari_medsam.engine.disk_cache import CacheBusyError
+
+        try:
+            freed = clear_cache()
+        except CacheBusyError as exc:
+            logger.info("disk cache not cleared: %s", exc)
+            self.info.setText("Disk cache not cleared: another process is writing to it.")
+            show_warning(f"MedSAM: disk cache not cleared: {exc}")
+            self.refresh_disk_size()
+            return
         logger.info("cleared the embedding disk cache (%s)", format_bytes(freed))
         self.owner._on_image_change()  # a fresh session: its disk stores start over
         self.info.setText(f"Disk cache cleared ({format_bytes(freed)} freed).")

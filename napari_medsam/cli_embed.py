@@ -4,7 +4,8 @@ Wired into :mod:`napari_medsam.cli` with :func:`add_embed_parser`::
 
     napari-medsam embed IMAGE [--axis 0] [--backend auto] [--device auto] [--model NAME]
     napari-medsam embed --info      # where the cache is, its size and volumes
-    napari-medsam embed --clear     # delete every stored embedding
+    napari-medsam embed --clear     # delete every stored embedding (fails, exit 1, while
+                                    # another embed is writing to the cache)
 
 Opening the same scan in napari afterwards (same intensity window, model and axis) finds
 every slice embedded.
@@ -67,18 +68,25 @@ def _print_info() -> None:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Run ``napari-medsam embed`` (see the module docstring); returns the exit code."""
-    from napari_medsam.engine.disk_cache import clear_cache, embeddings_dir, format_bytes
+    from napari_medsam.cli import CliError
+    from napari_medsam.engine.disk_cache import (
+        CacheBusyError,
+        clear_cache,
+        embeddings_dir,
+        format_bytes,
+    )
 
     if args.clear:
-        freed = clear_cache()
+        try:
+            freed = clear_cache()
+        except CacheBusyError as exc:  # another embed runs: nothing was deleted
+            raise CliError(str(exc), 1) from exc
         print(f"cleared {embeddings_dir()} ({format_bytes(freed)} freed)")
     if args.info:
         _print_info()
     if (args.clear or args.info) and not args.image:
         return 0
     if not args.image:
-        from napari_medsam.cli import CliError
-
         raise CliError("give an IMAGE to embed (or --info / --clear)", 2)
 
     from napari_medsam.engine import load_model
@@ -115,6 +123,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the slices done so far are kept")
         return 130
+    except CacheBusyError as exc:  # a clear by another process did not finish in time
+        raise CliError(str(exc), 1) from exc
     rate = f", {summary.slices_per_s:.2f} slices/s" if summary.encoded else ""
     print(f"done: {summary.encoded} encoded, {summary.from_disk} already cached, "
           f"{summary.wall_s:.1f} s{rate}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import time
 from types import SimpleNamespace
 
@@ -83,10 +85,12 @@ def test_damaged_or_foreign_files_are_misses(tmp_path):
     array = np.zeros((4, 20, 30), dtype=np.int16)
     store = DiskEmbeddingStore(volume_key(array, 0, "k", _fake_model()), 256, tmp_path)
     store.put(1, np.ones((1, 256, 64, 64), np.float32))
-    (store.directory / "00002.npy").write_bytes(b"not a numpy file")
-    np.save(store.directory / "00003.npy", np.ones((3, 3), np.float16))
+    store.slice_path(2).write_bytes(b"not a numpy file")
+    with open(store.slice_path(3), "wb") as fh:  # a plain .npy under the slice's name
+        np.save(fh, np.ones((1, 256, 64, 64), np.float16))
     assert store.get(1) is not None
     assert store.get(2) is None and store.get(3) is None
+    assert store.indices() == [1]  # the bad files are gone
     with pytest.raises(IndexError):
         store.put(4, np.ones((1, 256, 64, 64), np.float32))
     wrong = Embedding(np.ones((1, 256, 64, 64), np.float32), (20, 30), (171, 256), 256, "other")
@@ -165,3 +169,378 @@ def test_meminfo_is_read_without_psutil(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_psutil)
     assert backends.available_memory_bytes(meminfo) == 3 * 1024**3
     assert backends.available_memory_bytes(tmp_path / "missing") is None
+
+
+# -- corrupt slice files -----------------------------------------------------------------------
+
+#: Ways a slice file goes bad: its float16 values overwritten in place (behind the file's own
+#: header) with NaN, zeros, random values or another slice's embedding; the file replaced by
+#: another slice's file; re-written well-formed with zeros but the old header; cut short.
+CORRUPTIONS = ("nan", "zeros", "random", "other_slice", "copied_file", "rewritten",
+               "truncated")
+
+
+def corrupt_slice_file(store: DiskEmbeddingStore, index: int, kind: str, other: int) -> None:
+    """Damage the stored file of slice ``index`` in place (see :data:`CORRUPTIONS`).
+
+    ``other`` is another stored slice: its features or its whole file are the ones copied.
+    """
+    path = store.slice_path(index)
+    stored = store.get(index).features
+    original = path.read_bytes()
+    raw = bytearray(original)
+    data = stored.tobytes()
+    at = raw.find(data)  # the float16 values lie uncompressed in the file
+    assert at > 0 and raw.find(data, at + 1) == -1
+    if kind == "truncated":
+        path.write_bytes(raw[:len(raw) // 2])
+    elif kind == "copied_file":
+        shutil.copyfile(store.slice_path(other), path)
+    elif kind == "rewritten":  # a well-formed file again, but not with the values it had
+        loaded = np.load(path, allow_pickle=False)
+        arrays = dict(loaded.items()) if hasattr(loaded, "files") else {}
+        if hasattr(loaded, "close"):
+            loaded.close()
+        with open(path, "wb") as fh:
+            if arrays:
+                np.savez(fh, **{**arrays, "features": np.zeros_like(stored)})
+            else:
+                np.save(fh, np.zeros_like(stored))
+    else:
+        values = {"nan": np.full(stored.shape, np.nan),
+                  "zeros": np.zeros(stored.shape),
+                  "random": np.random.default_rng(7).standard_normal(stored.shape),
+                  "other_slice": store.get(other).features}[kind]
+        raw[at:at + len(data)] = np.asarray(values, np.float16).tobytes()
+        path.write_bytes(raw)
+    assert path.read_bytes() != original
+
+
+@pytest.fixture(scope="module")
+def kidney(ct, litemedsam):
+    """The right kidney's largest CT slice: its box, real embeddings of that slice and of
+    slice 0, and the mask from the fresh embedding (slice 0's embedding gives Dice ~0.26)."""
+    array, reference, mapped = ct
+    z = largest_slice(reference, 2)
+    box = tight_box(reference[z] == 2)
+    fresh, far = litemedsam.embed(mapped[z]), litemedsam.embed(mapped[0])
+    mask = litemedsam.predict(fresh, box=box).mask
+    assert dice(mask, reference[z] == 2) >= 0.85
+    assert dice(litemedsam.predict(far, box=box).mask, mask) < 0.5
+    return SimpleNamespace(array=array, z=z, box=box, fresh=fresh, far=far, mask=mask)
+
+
+REASONS = {"nan": "damaged", "zeros": "damaged", "random": "damaged", "other_slice": "damaged",
+           "copied_file": "it holds slice 0", "rewritten": "checksum mismatch",
+           "truncated": "damaged"}
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_a_bad_slice_file_is_reported_deleted_and_missed(kind, kidney, litemedsam, tmp_path,
+                                                          caplog):
+    store = DiskEmbeddingStore.for_volume(kidney.array, 0, "abdomen", litemedsam,
+                                          root=tmp_path)
+    z = kidney.z
+    store.put(z, kidney.fresh)
+    store.put(0, kidney.far)
+    corrupt_slice_file(store, z, kind, other=0)
+    with caplog.at_level(logging.WARNING, logger=disk_cache.__name__):
+        assert store.get(z) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert f"slice {z} " in warnings[0] and REASONS[kind] in warnings[0]
+    assert not store.slice_path(z).exists() and store.discarded == 1
+    assert store.indices() == [0] and store.get(0) is not None  # the other slice is fine
+    # stored again (as the session or `embed` does after the miss), it gives the right mask
+    store.put(z, kidney.fresh)
+    again = DiskEmbeddingStore.for_volume(kidney.array, 0, "abdomen", litemedsam,
+                                          root=tmp_path).get(z)
+    assert dice(litemedsam.predict(again, box=kidney.box).mask, kidney.mask) >= 0.99
+
+
+def test_a_file_of_another_volume_is_rejected(kidney, litemedsam, tmp_path, caplog):
+    store = DiskEmbeddingStore.for_volume(kidney.array, 0, "abdomen", litemedsam,
+                                          root=tmp_path)
+    other = DiskEmbeddingStore.for_volume(kidney.array, 0, "liver", litemedsam, root=tmp_path)
+    other.put(kidney.z, kidney.far)
+    store.directory.mkdir(parents=True)
+    shutil.copyfile(other.slice_path(kidney.z), store.slice_path(kidney.z))
+    with caplog.at_level(logging.WARNING, logger=disk_cache.__name__):
+        assert store.get(kidney.z) is None
+    assert "another volume" in caplog.text and other.get(kidney.z) is not None
+
+
+def test_non_finite_embeddings_are_neither_written_nor_read(kidney, litemedsam, tmp_path,
+                                                            caplog):
+    store = DiskEmbeddingStore.for_volume(kidney.array, 0, "abdomen", litemedsam,
+                                          root=tmp_path)
+    bad = kidney.fresh.features.copy()
+    bad[0, 5, 10, 10] = np.nan
+    huge = kidney.fresh.features * 1e5  # finite in float32, inf in float16
+    with caplog.at_level(logging.WARNING, logger=disk_cache.__name__):
+        assert store.put(kidney.z, bad) is False and store.put(kidney.z, huge) is False
+    assert store.indices() == [] and caplog.text.count("NaN or inf") == 2
+    # a well-formed file with a valid checksum over non-finite values (another writer)
+    store.put(kidney.z, kidney.fresh)
+    disk_cache.write_slice_file(store.slice_path(kidney.z), huge, kidney.z, store.key.digest)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=disk_cache.__name__):
+        assert store.get(kidney.z) is None
+    assert "non-finite" in caplog.text
+
+
+def test_put_recreates_a_removed_folder_and_its_meta(kidney, litemedsam, tmp_path):
+    store = DiskEmbeddingStore.for_volume(kidney.array, 0, "abdomen", litemedsam,
+                                          root=tmp_path / "embeddings")
+    store.put(0, kidney.far)
+    shutil.rmtree(store.directory)  # e.g. removed by hand while a session is open
+    store.put(1, kidney.far)
+    assert (store.directory / "meta.json").is_file() and store.verified_indices() == [1]
+    shutil.rmtree(tmp_path / "embeddings")  # the whole root, lock file included
+    store.put(2, kidney.far)
+    assert (store.directory / "meta.json").is_file() and store.verified_indices() == [2]
+
+
+# -- writers, clear and prune in two processes -------------------------------------------------
+
+#: A second napari-medsam process writing embeddings of a real scan: ``embed`` runs a
+#: VolumeEmbedder (the run holds the writer lock) and stops after its first slice until a
+#: line arrives on stdin; ``puts`` writes slices one at a time like a session (the lock held
+#: only while a slice is written); ``hold-exclusive`` holds the lock as a clear does.
+WORKER = r'''
+import sys
+import time
+
+import numpy as np
+
+from napari_medsam.engine.disk_cache import DiskEmbeddingStore
+from napari_medsam.engine.preprocess import preprocess_slice
+from napari_medsam.engine.protocol import Embedding
+from napari_medsam.engine.volume_embedding import VolumeEmbedder
+from napari_medsam.io import auto_mapping, read_volume
+from napari_medsam.models.registry import get_spec
+
+mode, root, image, features_path = sys.argv[1:5]
+
+
+class ReplayModel:
+    """LiteMedSAM's shapes; its 'encoder' returns a real stored embedding."""
+
+    def __init__(self, features):
+        self.spec = get_spec("litemedsam")
+        self.name = self.spec.name
+        self.providers = []
+        self.features = features
+
+    def preprocess(self, image2d):
+        return preprocess_slice(image2d, 256)
+
+    def embed_preprocessed(self, tensor, original_size, resized_size):
+        return Embedding(self.features.astype(np.float32), tuple(original_size),
+                         tuple(resized_size), 256, self.name)
+
+
+volume = read_volume(image)
+mapping = auto_mapping(volume.array, volume.modality)
+model = ReplayModel(np.load(features_path))
+store = DiskEmbeddingStore.for_volume(volume.array, 0, mapping.key, model, root=root)
+if mode == "embed":
+    def progress(p):
+        if p.done == 1:
+            print("running", flush=True)
+            sys.stdin.readline()
+
+    summary = VolumeEmbedder(model, volume.array, mapping, 0, store=store).run(
+        0, progress=progress)
+    print("encoded", summary.encoded, flush=True)
+elif mode == "puts":
+    print("writing", flush=True)
+    for n in range(int(sys.argv[5])):
+        store.put(n % store.size, model.features)
+        time.sleep(0.01)
+    print("last", flush=True)
+    sys.stdin.readline()
+    store.put(store.size - 1, model.features)
+elif mode == "hold-exclusive":
+    from napari_medsam.engine.disk_cache import CacheLock
+
+    with CacheLock(root, exclusive=True):
+        print("holding", flush=True)
+        sys.stdin.readline()
+print("done", flush=True)
+'''
+
+
+@pytest.fixture
+def worker(tmp_path, kidney):
+    """Start :data:`WORKER` in a second process; every process started is ended."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    features = tmp_path / "features.npy"
+    np.save(features, kidney.fresh.features.astype(np.float16))
+    image = load_case.__globals__["case_dir"]("totalseg_ct_abdomen_sm") / "image.nii.gz"
+    started = []
+
+    def start(mode: str, root, *extra) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, str(script), mode, str(root), str(image),
+                                 str(features), *map(str, extra)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_clear_is_refused_while_another_process_embeds(worker, tmp_path, monkeypatch,
+                                                       capsys):
+    from napari_medsam.cli import main
+    from napari_medsam.paths import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))  # `embed --clear` and the panel clear it
+    root = disk_cache.embeddings_dir()
+    proc = worker("embed", root)
+    assert proc.stdout.readline().strip() == "running"  # one slice stored, the run goes on
+    (entry,) = disk_cache.cache_entries(root)
+    assert entry.slices == 1 and (entry.path / "meta.json").is_file()
+
+    with pytest.raises(disk_cache.CacheBusyError) as error:
+        disk_cache.clear_cache(root, wait=0.2)
+    message = (f"another napari-medsam process is writing embeddings in {root}; "
+               "try again when it has finished")
+    assert str(error.value) == message
+    assert disk_cache.prune(0, root, wait=0.1) == 0  # pruning skips too
+    # `napari-medsam embed --clear`: one line, exit code 1
+    capsys.readouterr()
+    assert main(["embed", "--clear"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"napari-medsam embed: error: {message}\n"
+    assert "cleared" not in captured.out
+    # the Embed panel's clear button: a notification, not a traceback
+    notes = _clear_with_the_panel(monkeypatch)
+    assert notes["warnings"] == [f"MedSAM: disk cache not cleared: {message}"]
+    assert notes["image_changes"] == 0 and "not cleared" in notes["info"]
+    assert disk_cache.cache_entries(root)[0].slices >= 1
+
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "encoded 30" in out
+    (entry,) = disk_cache.cache_entries(root)
+    store = DiskEmbeddingStore(_key_of(entry), 256, root)
+    assert (entry.path / "meta.json").is_file() and store.verified_indices() == list(range(30))
+    # once it has finished, clearing works
+    assert main(["embed", "--clear"]) == 0 and "cleared" in capsys.readouterr().out
+    assert disk_cache.cache_size(root) == 0
+    notes = _clear_with_the_panel(monkeypatch)
+    assert notes["warnings"] == [] and notes["image_changes"] == 1
+
+
+def _key_of(entry) -> disk_cache.VolumeKey:
+    meta = entry.meta
+    key = disk_cache.VolumeKey(meta["image_blake2b"], tuple(meta["shape"]), meta["axis"],
+                               meta["mapping"], meta["model"], meta["model_sha256"],
+                               meta["precision"])
+    assert key.digest == entry.path.name
+    return key
+
+
+def _clear_with_the_panel(monkeypatch) -> dict:
+    """Press the Embed panel's clear button (its handler on a stand-in panel)."""
+    from napari_medsam import _embed_panel
+
+    notes = {"warnings": [], "image_changes": 0, "info": ""}
+    monkeypatch.setattr(_embed_panel, "show_warning", notes["warnings"].append)
+    monkeypatch.setattr(_embed_panel, "show_error", notes["warnings"].append)
+
+    def image_change() -> None:
+        notes["image_changes"] += 1
+
+    def set_info(text: str) -> None:
+        notes["info"] = text
+
+    panel = SimpleNamespace(running=False, owner=SimpleNamespace(_on_image_change=image_change),
+                            info=SimpleNamespace(setText=set_info),
+                            refresh_disk_size=lambda: None)
+    _embed_panel.EmbedPanel.clear_disk_cache(panel)
+    return notes
+
+
+def test_meta_json_is_in_every_slice_folder_after_clears_during_writes(worker, tmp_path):
+    import threading
+
+    root = tmp_path / "embeddings"
+    proc = worker("puts", root, 60)  # 60 slices, one every ~15 ms, then one more when told
+    assert proc.stdout.readline().strip() == "writing"
+    stop = threading.Event()
+    counts = {"cleared": 0, "busy": 0}
+
+    def clear_again_and_again() -> None:
+        while not stop.is_set():
+            try:
+                disk_cache.clear_cache(root, wait=0.05)
+            except disk_cache.CacheBusyError:
+                counts["busy"] += 1
+            else:
+                counts["cleared"] += 1
+            time.sleep(0.005)
+
+    clearer = threading.Thread(target=clear_again_and_again)
+    clearer.start()
+    try:
+        assert proc.stdout.readline().strip() == "last"
+    finally:
+        stop.set()
+        clearer.join()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip() == "done"
+    assert counts["cleared"] >= 3  # clears really ran between the writes
+    entries = disk_cache.cache_entries(root)
+    assert len(entries) == 1  # the slice written after the last clear
+    for entry in entries:
+        assert (entry.path / "meta.json").is_file() and entry.slices >= 1
+        store = DiskEmbeddingStore(_key_of(entry), 256, root)
+        assert store.verified_indices() == store.indices()
+        assert not [p for p in entry.path.iterdir() if "tmp" in p.name]
+
+
+def test_a_writer_waits_for_a_clear_by_another_process(worker, kidney, litemedsam, tmp_path,
+                                                       monkeypatch, caplog):
+    from napari_medsam.io.intensity import mapping_from_name
+    from napari_medsam.segmentation import SegmentationSession, SliceRef
+
+    mapping = mapping_from_name("abdomen")
+    root = tmp_path / "embeddings"
+    monkeypatch.setattr(disk_cache, "embeddings_dir", lambda: root)
+    monkeypatch.setattr(disk_cache, "WRITE_LOCK_TIMEOUT", 0.3)
+    store = DiskEmbeddingStore.for_volume(kidney.array, 0, "abdomen", litemedsam, root=root)
+    proc = worker("hold-exclusive", root)
+    assert proc.stdout.readline().strip() == "holding"
+    with pytest.raises(disk_cache.CacheBusyError, match="clearing the embeddings"):
+        store.put(0, kidney.far)
+    # a session still segments (the slice is just not written to disk)
+    session = SegmentationSession(litemedsam, kidney.array, mapping, disk_cache=True)
+    with caplog.at_level(logging.WARNING):
+        mask = session.predict(SliceRef(0, kidney.z), box=kidney.box, zoom=False).mask
+    assert "not written to the disk cache" in caplog.text and mask.sum() > 100
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    proc.communicate(timeout=60)
+    assert store.put(0, kidney.far) and store.verified_indices() == [0]
+
+
+def test_without_fcntl_there_is_no_lock(monkeypatch, tmp_path):
+    monkeypatch.setattr(disk_cache, "fcntl", None)
+    lock = disk_cache.CacheLock(tmp_path, exclusive=True, timeout=0).acquire()
+    assert not lock.held
+    with disk_cache.CacheLock(tmp_path, exclusive=True, timeout=0) as other:
+        assert not other.held
+    lock.release()

@@ -293,3 +293,74 @@ def test_embed_command_fills_shows_and_clears_the_cache(monkeypatch, capsys, tmp
     assert "1 volume(s)" in out and "20 slices" in out and "mr_percentile" in out
     out = run("--clear")
     assert "cleared" in out and cache_size() == 0
+
+
+def test_only_slices_that_verify_count_as_embedded(ct, tmp_path, caplog):
+    """Corrupt files are neither counted by ``missing()`` nor skipped by a run (real CT)."""
+    import logging
+
+    from test_disk_cache import corrupt_slice_file
+
+    array, _, mapping = ct
+    model = FakeModel([prov.CPU])
+    store = DiskEmbeddingStore.for_volume(array, 0, mapping.key, model, root=tmp_path)
+    assert VolumeEmbedder(model, array, mapping, 0, store=store).run(start=0).encoded == 6
+    good = {index: store.get(index) for index in range(6)}
+    corrupt_slice_file(store, 1, "nan", other=0)
+    corrupt_slice_file(store, 4, "copied_file", other=2)
+    embedder = VolumeEmbedder(model, array, mapping, 0, store=store)
+    with caplog.at_level(logging.WARNING, logger="napari_medsam.engine.disk_cache"):
+        assert embedder.missing() == [1, 4]
+    assert "slice 1 " in caplog.text and "slice 4 " in caplog.text
+    assert store.indices() == [0, 2, 3, 5]  # the bad files are gone
+
+    # a run checks every stored file itself (here damaged after missing() looked)
+    store.put(1, good[1])
+    store.put(4, good[4])
+    corrupt_slice_file(store, 1, "other_slice", other=0)
+    corrupt_slice_file(store, 4, "rewritten", other=0)
+    model.shapes.clear()
+    summary = embedder.run(start=0)
+    assert summary.encoded == len(model.shapes) == 2 and summary.from_disk == 4
+    assert not summary.cancelled and embedder.missing() == []
+    for index in range(6):  # each slice holds its own features (the fake encoder's mean)
+        tensor, _ = preprocess_slice(mapping.apply(array[index]), 256)
+        assert np.isclose(float(store.get(index).features.flat[0]), tensor.mean(), atol=1e-3)
+
+
+def test_embed_command_encodes_corrupt_slices_again(monkeypatch, capsys, tmp_path):
+    """``napari-medsam embed`` on a real scan: damaged slices are not "already cached"."""
+    import argparse
+
+    from test_disk_cache import corrupt_slice_file
+
+    import napari_medsam.engine as engine
+    from napari_medsam.cli_embed import add_embed_parser
+    from napari_medsam.engine.disk_cache import cache_entries
+    from napari_medsam.paths import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    fake = FakeModel([prov.CPU])
+    fake.device_name = "CPU (test)"
+    monkeypatch.setattr(engine, "load_model", lambda *a, **k: fake)
+    parser = argparse.ArgumentParser(prog="napari-medsam")
+    add_embed_parser(parser.add_subparsers(dest="command"))
+    image = str(load_case.__globals__["case_dir"]("totalseg_mr_abdomen_sm") / "image.nii.gz")
+
+    def run(*argv) -> str:
+        args = parser.parse_args(["embed", *argv])
+        assert args.func(args) == 0
+        return capsys.readouterr().out
+
+    run(image)
+    (entry,) = cache_entries()
+    volume = load_case("totalseg_mr_abdomen_sm", label=None)[0]
+    store = DiskEmbeddingStore.for_volume(volume.array, 0, entry.meta["mapping"], fake,
+                                          root=entry.path.parent)
+    assert store.directory == entry.path
+    for index, kind in ((3, "nan"), (10, "zeros"), (17, "copied_file")):
+        corrupt_slice_file(store, index, kind, other=0)
+    fake.shapes.clear()
+    out = run(image)
+    assert "3 of 20 slices to encode" in out and "done: 3 encoded, 17 already cached" in out
+    assert len(fake.shapes) == 3 and store.verified_indices() == list(range(20))

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from . import providers as prov
-from .disk_cache import DiskEmbeddingStore, prune
+from .disk_cache import CacheLock, DiskEmbeddingStore, prune
 from .preprocess import to_uint8
 from .protocol import Embedding
 
@@ -340,10 +340,14 @@ class VolumeEmbedder:
     # -- the whole axis ----------------------------------------------------------------------
 
     def missing(self) -> list[int]:
-        """Slices not yet in the disk store (all of them without a store)."""
+        """Slices not yet in the disk store (all of them without a store).
+
+        Only stored slices whose file verifies count (each file is read: ~5 ms per
+        LiteMedSAM slice); bad files are deleted with a warning, so they are encoded again.
+        """
         if self.store is None:
             return list(range(self.size))
-        have = set(self.store.indices())
+        have = set(self.store.verified_indices())
         return [i for i in range(self.size) if i not in have]
 
     def iter_embed(self, start: int | None = None, *,
@@ -358,23 +362,40 @@ class VolumeEmbedder:
             Called between slices; embedding stops when it returns True (slices already in
             flight are finished and stored). Closing the generator stops it too (slices in
             flight are finished but dropped).
+
+        Notes
+        -----
+        With a disk store, the cache root's shared :class:`~.disk_cache.CacheLock` is held
+        from the first slice until the generator ends, so that no other process clears or
+        prunes the cache meanwhile (:func:`~.disk_cache.clear_cache` then raises
+        :class:`~.disk_cache.CacheBusyError`). Stored slices count as done only when their
+        file verifies (see :meth:`missing`).
         """
         begin = time.perf_counter()
         order = slice_order(self.size, self.size // 2 if start is None else start)
-        if self.store is not None and self.disk_limit is not None:
+        if self.store is None:
+            yield from self._embed_order(order, begin, cancel)
+            return
+        if self.disk_limit is not None:
             prune(self.disk_limit, self.store.root, keep=self.store.directory)
+        # a writer for the whole run: no other process clears or prunes the cache meanwhile
+        with CacheLock(self.store.root):
+            yield from self._embed_order(order, begin, cancel)
+
+    def _embed_order(self, order: list[int], begin: float,
+                     cancel: Callable[[], bool] | None) -> Iterator[EmbedProgress]:
         done = from_disk = 0
         encoded_at_start = self.encoder_calls
         todo: list[int] = []
+        # slices with a file; each is read and verified before it counts as done (a bad
+        # file is deleted with a warning and the slice is encoded again)
         stored = set(self.store.indices()) if self.store is not None else set()
         for index in order:
-            if index in stored:
+            found = self.store.get(index) if index in stored else None
+            if found is not None:
                 from_disk += 1
                 done += 1
-                if self.cache is not None and self.cache.nbytes < self.cache.max_bytes:
-                    found = self.store.get(index)
-                    if found is not None:
-                        self._keep(index, found)
+                self._keep(index, found)
                 yield EmbedProgress(index, done, self.size, 0, from_disk,
                                     time.perf_counter() - begin, 0.0, None)
             elif (held := self._in_memory(index)) is not None:
