@@ -44,6 +44,7 @@ from napari_medsam._prompt_layers import (
     color_clicks,
     prompts_off_slice,
 )
+from napari_medsam._recovery_bar import RecoveryBar
 from napari_medsam._volume_panel import VolumePanel
 from napari_medsam.io.intensity import (
     CT_WINDOWS,
@@ -187,6 +188,8 @@ class SegmentWidget(QWidget):
         self.status = QLabel("Draw a box or click on a slice.")
         self.status.setWordWrap(True)
         self.status.setMinimumHeight(48)
+        self.recovery = RecoveryBar(self.viewer)  # autosave; offers a scan's unsaved labels
+        self.recovery.restored.connect(lambda layer: self._refresh_labels_choices(layer.name))
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -200,6 +203,7 @@ class SegmentWidget(QWidget):
         row.addWidget(new_button)
         form.addRow("Object id", row)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.recovery)
         layout.addLayout(form)
         checks = QHBoxLayout()
         checks.addWidget(self.negative_check)
@@ -296,6 +300,7 @@ class SegmentWidget(QWidget):
     def _on_image_change(self, *_args) -> None:
         self.embed_panel.cancel()  # it embeds the old session's volume
         layer = self.image_layer
+        self.recovery.set_image(layer)
         cache = self.session.cache if self.session is not None else None
         self.session = None
         self.preview_ref, self.preview_mask = None, None
@@ -424,6 +429,7 @@ class SegmentWidget(QWidget):
 
     def _on_labels_change(self, *_args) -> None:
         labels = self.target_labels(create=False)
+        self.recovery.set_target(labels)
         if labels is not None and id(labels) not in self._watched:
             self._watched.add(id(labels))
             # paint: brush/fill; set_data: undo/redo (and slicing); data: replaced array
@@ -567,6 +573,7 @@ class SegmentWidget(QWidget):
         self.embed_panel.cancel()
         self.volume_panel.cancel()
         QThreadPool.globalInstance().waitForDone(timeout_ms)
+        self.recovery.shutdown()  # a last autosave if the labels changed since the last one
 
     # ----------------------------------------------------------------- objects
     def _update_label_name(self, *_args) -> None:
@@ -646,7 +653,7 @@ class SegmentWidget(QWidget):
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Write the target labels with the image's geometry (asks for a path if none)."""
-        from napari_medsam._writer import geometry_from_attributes
+        from napari_medsam._writer import geometry_from_attributes, label_colors
         from napari_medsam.io import write_labels
 
         labels = self.target_labels(create=False)
@@ -661,10 +668,13 @@ class SegmentWidget(QWidget):
         attributes = {"metadata": self.image_layer.metadata if self.image_layer else {},
                       "scale": labels.scale, "translate": labels.translate}
         try:
+            names = labels.metadata.get("label_names")
             written = write_labels(labels.data, path, geometry_from_attributes(attributes),
-                                   label_names=labels.metadata.get("label_names"))
+                                   label_names=names,
+                                   colors=label_colors(labels.colormap, names or ()) or None)
         except (OSError, ValueError) as exc:
             show_error(f"MedSAM: could not save {path}: {exc}")
             return None
         show_info(f"Saved {written}")
+        self.recovery.labels_saved(labels)  # safe on disk: its recovery file goes
         return Path(written)
