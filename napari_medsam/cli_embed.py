@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``embed`` command to ``napari-medsam``'s sub-command parsers."""
+    from napari_medsam.cli import add_slice_gaps_option
     from napari_medsam.engine.backends import BACKENDS, PRECISIONS
     from napari_medsam.engine.providers import DEVICES
 
@@ -45,6 +46,7 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for inference")
     p.add_argument("--info", action="store_true", help="show the disk cache and exit")
     p.add_argument("--clear", action="store_true", help="delete every stored embedding")
+    add_slice_gaps_option(p)
     p.set_defaults(func=cmd_embed)
     return p
 
@@ -93,7 +95,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from napari_medsam.engine.volume_embedding import VolumeEmbedder
     from napari_medsam.io import auto_mapping, mapping_from_name, read_volume
 
-    volume = read_volume(args.image)
+    volume = read_volume(args.image, slice_gaps=args.slice_gaps)
     array = volume.array
     mapping = (mapping_from_name(args.window, array) if args.window
                else auto_mapping(array, volume.modality))
