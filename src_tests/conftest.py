@@ -1,12 +1,17 @@
-"""Shared fixtures: the real scans in ``../shared/data`` beside the project root."""
+"""Shared fixtures and helpers: the real scans in ``../shared/data`` beside the project root,
+and ways to damage a slice file of the on-disk embedding cache."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from napari_medsam.engine.disk_cache import DiskEmbeddingStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("NAPARI_MEDSAM_DATA", PROJECT_ROOT.parent / "shared" / "data"))
@@ -114,3 +119,50 @@ def dice(a, b) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+#: Ways a slice file goes bad: its float16 values overwritten in place (behind the file's own
+#: header) with NaN, zeros, random values or another slice's embedding; the file replaced by
+#: another slice's file; re-written well-formed with zeros but the old header; cut short.
+CORRUPTIONS = ("nan", "zeros", "random", "other_slice", "copied_file", "rewritten",
+               "truncated")
+
+
+def corrupt_slice_file(store: DiskEmbeddingStore, index: int, kind: str, other: int) -> None:
+    """Damage the stored file of slice ``index`` in place (see :data:`CORRUPTIONS`).
+
+    ``other`` is another stored slice: its features or its whole file are the ones copied.
+    """
+    import shutil
+
+    import numpy as np
+
+    path = store.slice_path(index)
+    stored = store.get(index).features
+    original = path.read_bytes()
+    raw = bytearray(original)
+    data = stored.tobytes()
+    at = raw.find(data)  # the float16 values lie uncompressed in the file
+    assert at > 0 and raw.find(data, at + 1) == -1
+    if kind == "truncated":
+        path.write_bytes(raw[:len(raw) // 2])
+    elif kind == "copied_file":
+        shutil.copyfile(store.slice_path(other), path)
+    elif kind == "rewritten":  # a well-formed file again, but not with the values it had
+        loaded = np.load(path, allow_pickle=False)
+        arrays = dict(loaded.items()) if hasattr(loaded, "files") else {}
+        if hasattr(loaded, "close"):
+            loaded.close()
+        with open(path, "wb") as fh:
+            if arrays:
+                np.savez(fh, **{**arrays, "features": np.zeros_like(stored)})
+            else:
+                np.save(fh, np.zeros_like(stored))
+    else:
+        values = {"nan": np.full(stored.shape, np.nan),
+                  "zeros": np.zeros(stored.shape),
+                  "random": np.random.default_rng(7).standard_normal(stored.shape),
+                  "other_slice": store.get(other).features}[kind]
+        raw[at:at + len(data)] = np.asarray(values, np.float16).tobytes()
+        path.write_bytes(raw)
+    assert path.read_bytes() != original

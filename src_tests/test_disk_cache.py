@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import dice, largest_slice, load_case, tight_box
+from conftest import CORRUPTIONS, corrupt_slice_file, dice, largest_slice, load_case, tight_box
 
-from napari_medsam.engine import backends, disk_cache
+from napari_medsam.engine import backends, cache_lock, disk_cache
 from napari_medsam.engine.disk_cache import DiskEmbeddingStore, array_digest, volume_key
 from napari_medsam.engine.protocol import Embedding
 from napari_medsam.models.registry import get_spec
@@ -172,49 +172,7 @@ def test_meminfo_is_read_without_psutil(monkeypatch, tmp_path):
 
 
 # -- corrupt slice files -----------------------------------------------------------------------
-
-#: Ways a slice file goes bad: its float16 values overwritten in place (behind the file's own
-#: header) with NaN, zeros, random values or another slice's embedding; the file replaced by
-#: another slice's file; re-written well-formed with zeros but the old header; cut short.
-CORRUPTIONS = ("nan", "zeros", "random", "other_slice", "copied_file", "rewritten",
-               "truncated")
-
-
-def corrupt_slice_file(store: DiskEmbeddingStore, index: int, kind: str, other: int) -> None:
-    """Damage the stored file of slice ``index`` in place (see :data:`CORRUPTIONS`).
-
-    ``other`` is another stored slice: its features or its whole file are the ones copied.
-    """
-    path = store.slice_path(index)
-    stored = store.get(index).features
-    original = path.read_bytes()
-    raw = bytearray(original)
-    data = stored.tobytes()
-    at = raw.find(data)  # the float16 values lie uncompressed in the file
-    assert at > 0 and raw.find(data, at + 1) == -1
-    if kind == "truncated":
-        path.write_bytes(raw[:len(raw) // 2])
-    elif kind == "copied_file":
-        shutil.copyfile(store.slice_path(other), path)
-    elif kind == "rewritten":  # a well-formed file again, but not with the values it had
-        loaded = np.load(path, allow_pickle=False)
-        arrays = dict(loaded.items()) if hasattr(loaded, "files") else {}
-        if hasattr(loaded, "close"):
-            loaded.close()
-        with open(path, "wb") as fh:
-            if arrays:
-                np.savez(fh, **{**arrays, "features": np.zeros_like(stored)})
-            else:
-                np.save(fh, np.zeros_like(stored))
-    else:
-        values = {"nan": np.full(stored.shape, np.nan),
-                  "zeros": np.zeros(stored.shape),
-                  "random": np.random.default_rng(7).standard_normal(stored.shape),
-                  "other_slice": store.get(other).features}[kind]
-        raw[at:at + len(data)] = np.asarray(values, np.float16).tobytes()
-        path.write_bytes(raw)
-    assert path.read_bytes() != original
-
+# (conftest.corrupt_slice_file damages them in each of the ways of conftest.CORRUPTIONS)
 
 @pytest.fixture(scope="module")
 def kidney(ct, litemedsam):
@@ -520,7 +478,7 @@ def test_a_writer_waits_for_a_clear_by_another_process(worker, kidney, litemedsa
     mapping = mapping_from_name("abdomen")
     root = tmp_path / "embeddings"
     monkeypatch.setattr(disk_cache, "embeddings_dir", lambda: root)
-    monkeypatch.setattr(disk_cache, "WRITE_LOCK_TIMEOUT", 0.3)
+    monkeypatch.setattr(cache_lock, "WRITE_LOCK_TIMEOUT", 0.3)
     store = DiskEmbeddingStore.for_volume(kidney.array, 0, "abdomen", litemedsam, root=root)
     proc = worker("hold-exclusive", root)
     assert proc.stdout.readline().strip() == "holding"
@@ -538,7 +496,7 @@ def test_a_writer_waits_for_a_clear_by_another_process(worker, kidney, litemedsa
 
 
 def test_without_fcntl_there_is_no_lock(monkeypatch, tmp_path):
-    monkeypatch.setattr(disk_cache, "fcntl", None)
+    monkeypatch.setattr(cache_lock, "fcntl", None)
     lock = disk_cache.CacheLock(tmp_path, exclusive=True, timeout=0).acquire()
     assert not lock.held
     with disk_cache.CacheLock(tmp_path, exclusive=True, timeout=0) as other:

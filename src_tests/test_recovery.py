@@ -14,8 +14,8 @@ from conftest import case_dir, label_names
 from napari_medsam.engine.disk_cache import array_digest
 from napari_medsam.io import read_volume
 from napari_medsam.io import recovery as recovery_mod
+from napari_medsam.io.labels_mirror import LabelsMirror
 from napari_medsam.io.recovery import (
-    LabelsMirror,
     RecoveryError,
     RecoverySnapshot,
     RecoveryStore,
@@ -179,7 +179,7 @@ def test_mirror_made_while_the_labels_are_edited(scan):
 def test_rows_of_napari_paint_events(scan):
     from napari.layers import Labels
 
-    from napari_medsam._recovery_bar import rows_of_edit
+    from napari_medsam._paint_events import rows_of_edit
 
     _, reference, _ = scan
     layer = Labels(reference.copy())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dice, load_case, tight_box
+from conftest import corrupt_slice_file, dice, load_case, tight_box
 
 from napari_medsam.engine import load_model
 from napari_medsam.engine import providers as prov
@@ -299,8 +299,6 @@ def test_only_slices_that_verify_count_as_embedded(ct, tmp_path, caplog):
     """Corrupt files are neither counted by ``missing()`` nor skipped by a run (real CT)."""
     import logging
 
-    from test_disk_cache import corrupt_slice_file
-
     array, _, mapping = ct
     model = FakeModel([prov.CPU])
     store = DiskEmbeddingStore.for_volume(array, 0, mapping.key, model, root=tmp_path)
@@ -331,8 +329,6 @@ def test_only_slices_that_verify_count_as_embedded(ct, tmp_path, caplog):
 def test_embed_command_encodes_corrupt_slices_again(monkeypatch, capsys, tmp_path):
     """``napari-medsam embed`` on a real scan: damaged slices are not "already cached"."""
     import argparse
-
-    from test_disk_cache import corrupt_slice_file
 
     import napari_medsam.engine as engine
     from napari_medsam.cli_embed import add_embed_parser

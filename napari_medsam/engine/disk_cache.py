@@ -1,48 +1,34 @@
 """Slice embeddings kept on disk (float16), so that re-opening a scan embeds nothing again.
 
 Layout: ``<cache>/embeddings/<key>/`` per (image content, axis, intensity mapping, model,
-precision), holding ``meta.json`` and one ``<index>.npz`` per embedded slice. The key is a
-blake2b digest of
+precision), holding ``meta.json`` and one ``<index>.npz`` per embedded slice. This module
+holds the store of one volume (:class:`DiskEmbeddingStore`) and the work on the whole cache
+(:func:`cache_entries`, :func:`cache_size`, :func:`clear_cache`, :func:`prune`); its parts
+live beside it and are re-exported here:
 
-- the image's raw bytes, dtype and shape (:func:`array_digest`, ~1 GB/s, no copy of a
-  C-contiguous array);
-- the axis the slices cut across;
-- the intensity mapping's ``key`` (what the model sees);
-- the encoder file's sha256 (:func:`model_digest`) and the encoder's numeric precision;
-- :data:`FORMAT_VERSION` (a new format starts new folders: old caches simply miss; their
-  folders stay until pruned or cleared).
-
-Slice files
------------
-Each ``<index>.npz`` is an uncompressed NumPy archive that describes itself:
-
-- ``features``: the embedding, float16, ``[1, C, H, W]`` (``[1, 256, 64, 64]``, 2 MiB for
-  LiteMedSAM);
-- ``header``: a 0-d string array holding JSON ``{"format", "index", "volume", "shape",
-  "dtype", "blake2b"}``: the slice index, the volume folder's key digest and a blake2b
-  (128 bit) of those fields followed by the float16 bytes.
+- :mod:`.cache_keys`: the folder key (:class:`VolumeKey`, :func:`volume_key`) and the content
+  digest :func:`array_digest`;
+- :mod:`.slice_files`: the self-verifying slice files (:func:`write_slice_file`,
+  :func:`read_slice_file`);
+- :mod:`.cache_lock`: the lock that keeps writers and clearing apart (:class:`CacheLock`,
+  :class:`CacheBusyError`).
 
 Every read (:meth:`DiskEmbeddingStore.get`, :meth:`DiskEmbeddingStore.verified_indices`)
-checks all of it, and that the values are finite; a file that fails (unreadable, another
-slice's or another volume's file, damaged values, NaN/inf) is logged as one warning naming
-the slice and the reason, deleted, and reads as a miss, so that the slice is computed again.
-Non-finite embeddings are never written. Reading and verifying a LiteMedSAM slice takes
-~5 ms on 2 cores (the blake2b ~2.5 ms of it, the archive ~1 ms), against ~0.5 ms for the
-unchecked ``.npy`` of format 1; a decoder call takes ~100 ms there.
+verifies the slice file; a file that fails (unreadable, another slice's or another volume's
+file, damaged values, NaN/inf) is logged as one warning naming the slice and the reason,
+deleted, and reads as a miss, so that the slice is computed again. Non-finite embeddings are
+never written.
 
 Concurrency
 -----------
-Files are written atomically (a unique temporary name, then ``os.replace``), so readers see
-whole files only, and two processes embedding the same volume replace each other's slices
-with whole files. A lock file ``<cache>/embeddings/.lock`` keeps writing and deleting apart
-(:class:`CacheLock`, ``fcntl.flock``): writers hold it shared (:meth:`~DiskEmbeddingStore.put`
-while it writes one slice; :class:`~.volume_embedding.VolumeEmbedder` for a whole run), and
-:func:`clear_cache` and :func:`prune` take it exclusively without waiting for a run:
-:func:`clear_cache` raises :class:`CacheBusyError`, :func:`prune` skips. Where ``fcntl`` does
-not exist (Windows) there is no lock: a clear while another process writes may remove slices
-that process has just written (they are embedded again when next needed). Either way
-:meth:`~DiskEmbeddingStore.put` re-creates a removed folder and its ``meta.json`` before
-writing a slice.
+Files are written atomically, so readers see whole files only, and two processes embedding
+the same volume replace each other's slices with whole files. Writers hold the root's
+:class:`CacheLock` shared (:meth:`~DiskEmbeddingStore.put` while it writes one slice;
+:class:`~.volume_embedding.VolumeEmbedder` for a whole run); :func:`clear_cache` and
+:func:`prune` take it exclusively without waiting for a run: :func:`clear_cache` raises
+:class:`CacheBusyError`, :func:`prune` skips (no lock without ``fcntl``: see
+:mod:`.cache_lock`). Either way :meth:`~DiskEmbeddingStore.put` re-creates a removed folder
+and its ``meta.json`` before writing a slice.
 
 :func:`prune` keeps the whole cache under a size limit, removing the least recently used
 volumes first.
@@ -51,7 +37,6 @@ volumes first.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -65,291 +50,40 @@ import numpy as np
 
 from napari_medsam.paths import cache_dir
 
+from .cache_keys import VolumeKey, array_digest, model_digest, model_precision, volume_key
+from .cache_lock import LOCK, CacheBusyError, CacheLock
 from .preprocess import resized_shape
 from .protocol import Embedding
-
-try:  # POSIX
-    import fcntl
-except ImportError:  # Windows: no lock (see the module docstring)
-    fcntl = None
+from .slice_files import (
+    FORMAT_VERSION,
+    SUFFIX,
+    all_finite_float16,
+    read_slice_file,
+    slice_checksum,
+    write_slice_file,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Version of the folder key and slice file format (2: self-verifying ``.npz`` slices).
-FORMAT_VERSION = 2
+__all__ = [  # the cache's parts are re-exported from here
+    "CLEAR_LOCK_WAIT", "DEFAULT_DISK_BYTES", "FORMAT_VERSION", "LOCK", "META", "SUFFIX",
+    "CacheBusyError", "CacheEntry", "CacheLock", "DiskEmbeddingStore", "VolumeKey",
+    "all_finite_float16", "array_digest", "cache_entries", "cache_size", "clear_cache",
+    "embeddings_dir", "format_bytes", "model_digest", "model_precision", "prune",
+    "read_slice_file", "slice_checksum", "volume_key", "write_slice_file"
+]
+
 META = "meta.json"
-#: The lock file in the embeddings root (see :class:`CacheLock`).
-LOCK = ".lock"
-SUFFIX = ".npz"
 #: Default size limit of the on-disk cache (all volumes together).
 DEFAULT_DISK_BYTES = 4 * 1024**3
-#: Seconds a writer waits for a clear or prune by another process to finish.
-WRITE_LOCK_TIMEOUT = 30.0
 #: Seconds :func:`clear_cache` waits for writers to finish (a single slice takes ~10 ms;
 #: a whole-volume run holds the lock throughout, so clearing fails rather than waits).
 CLEAR_LOCK_WAIT = 2.0
-_HASH_CHUNK = 64 * 1024**2
-_FLOAT16_EXPONENT = 0x7C00  # all exponent bits set: inf or NaN
-
-
-class CacheBusyError(OSError):
-    """The embedding cache is locked by another process (see :class:`CacheLock`)."""
 
 
 def embeddings_dir() -> Path:
     """Root of the on-disk embedding cache: ``<cache>/embeddings``."""
     return cache_dir() / "embeddings"
-
-
-class CacheLock:
-    """A shared (writer) or exclusive (clear, prune) lock on an embeddings root.
-
-    ``fcntl.flock`` on ``<root>/.lock``; any number of shared holders, or one exclusive
-    holder. Locks belong to an open file, so two threads of one process exclude each other
-    like two processes. Without ``fcntl`` (Windows) acquiring always succeeds and locks
-    nothing; on a file system without ``flock`` support it does the same (with a debug log).
-
-    Parameters
-    ----------
-    root
-        The embeddings root (created when missing).
-    exclusive
-        Exclusive (clearing, pruning) rather than shared (writing).
-    timeout
-        Seconds to keep trying before :meth:`acquire` raises :class:`CacheBusyError`
-        (0: one try; None: :data:`WRITE_LOCK_TIMEOUT`).
-    """
-
-    def __init__(self, root: Path, *, exclusive: bool = False,
-                 timeout: float | None = None) -> None:
-        self.root = Path(root)
-        self.exclusive = exclusive
-        self.timeout = float(WRITE_LOCK_TIMEOUT if timeout is None else timeout)
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock (always False without ``fcntl``)."""
-        return self._fd is not None
-
-    def busy_message(self) -> str:
-        if self.exclusive:
-            return (f"another napari-medsam process is writing embeddings in {self.root}; "
-                    "try again when it has finished")
-        return (f"another napari-medsam process is clearing the embeddings in {self.root}; "
-                f"gave up after {self.timeout:g} s")
-
-    def acquire(self) -> CacheLock:
-        """Take the lock (see the class docstring); raises :class:`CacheBusyError`."""
-        if fcntl is None or self._fd is not None:
-            return self
-        path = self.root / LOCK
-        mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
-        deadline = time.monotonic() + self.timeout
-        while True:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise CacheBusyError(self.busy_message()) from None
-                time.sleep(0.02)
-                continue
-            except OSError as exc:  # e.g. a network file system without flock
-                os.close(fd)
-                logger.debug("no lock on %s: %s", path, exc)
-                return self
-            try:  # the file locked must still be the lock file (not one removed meanwhile)
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fd = fd
-                return self
-            os.close(fd)
-
-    def release(self) -> None:
-        """Let the lock go (closing the file releases it)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    def __enter__(self) -> CacheLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        self.release()
-
-
-def array_digest(array: np.ndarray) -> str:
-    """blake2b (128 bit) of an array's raw bytes, dtype and shape.
-
-    A C-contiguous array is hashed in place (memoryview, no copy); other arrays are hashed
-    one sub-array along the first axis at a time, so no full copy is ever made.
-    """
-    arr = np.asarray(array)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{arr.dtype.str}|{arr.shape}|".encode())
-    if arr.flags.c_contiguous:
-        flat = memoryview(arr.reshape(-1).view(np.uint8))
-        for start in range(0, len(flat), _HASH_CHUNK):
-            digest.update(flat[start:start + _HASH_CHUNK])
-    else:
-        for part in arr:
-            digest.update(memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)))
-    return digest.hexdigest()
-
-
-def model_digest(model) -> str:
-    """sha256 of the model's encoder file (the registry's value when the file is absent)."""
-    from .model_files import file_digest
-
-    spec = model.spec
-    path = spec.path("encoder")
-    if path.is_file():
-        return file_digest(path)
-    return str(spec.files["encoder"].sha256)
-
-
-def model_precision(model) -> str:
-    """The encoder's numeric precision (``"f32"`` for ONNX Runtime, OpenVINO's otherwise)."""
-    return str(getattr(model, "precision", "f32"))
-
-
-@dataclass(frozen=True)
-class VolumeKey:
-    """What an embedding of a slice depends on, besides the slice index."""
-
-    image: str
-    shape: tuple[int, ...]
-    axis: int
-    mapping: str
-    model: str
-    model_sha256: str
-    precision: str = "f32"
-
-    @property
-    def digest(self) -> str:
-        text = json.dumps([FORMAT_VERSION, self.image, list(self.shape), self.axis,
-                           self.mapping, self.model, self.model_sha256, self.precision])
-        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def volume_key(volume: np.ndarray, axis: int, mapping_key: str, model, *,
-               image_digest: str | None = None) -> VolumeKey:
-    """The :class:`VolumeKey` of ``volume`` sliced along ``axis`` for ``model``.
-
-    Parameters
-    ----------
-    volume
-        The raw image array (before the intensity mapping).
-    axis
-        Axis the slices cut across.
-    mapping_key
-        ``IntensityMapping.key`` of the mapping the model sees.
-    model
-        A prompt model with ``name`` and ``spec`` (and ``precision`` for OpenVINO).
-    image_digest
-        :func:`array_digest` of ``volume`` if already known (it is the slow part).
-    """
-    if not 0 <= axis < np.ndim(volume):
-        raise ValueError(f"axis {axis} is outside a {np.ndim(volume)}D volume")
-    return VolumeKey(image=image_digest or array_digest(volume),
-                     shape=tuple(int(v) for v in np.shape(volume)), axis=int(axis),
-                     mapping=str(mapping_key), model=model.name,
-                     model_sha256=model_digest(model), precision=model_precision(model))
-
-
-# -- slice files -------------------------------------------------------------------------------
-
-def slice_checksum(features: np.ndarray, index: int, volume: str) -> str:
-    """blake2b (128 bit) of a slice file's fields and its features' bytes (C order)."""
-    arr = np.ascontiguousarray(features)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{FORMAT_VERSION}|{volume}|{int(index)}|{arr.dtype.str}|"
-                  f"{list(arr.shape)}|".encode())
-    digest.update(memoryview(arr.reshape(-1).view(np.uint8)))
-    return digest.hexdigest()
-
-
-def all_finite_float16(features: np.ndarray) -> bool:
-    """Whether a float16 array holds no NaN or inf (a bit test, ~4x faster than isfinite)."""
-    bits = np.ascontiguousarray(features).reshape(-1).view(np.uint16)
-    return bits.size == 0 or int((bits & _FLOAT16_EXPONENT).max()) < _FLOAT16_EXPONENT
-
-
-def write_slice_file(path: Path, features: np.ndarray, index: int, volume: str) -> None:
-    """Write one slice file (see the module docstring) atomically.
-
-    A uniquely named temporary file in the same folder is written, then renamed over
-    ``path``, so readers (and writers of the same slice) only ever see whole files.
-    """
-    arr = np.ascontiguousarray(features, dtype=np.float16)
-    header = {"format": FORMAT_VERSION, "index": int(index), "volume": volume,
-              "shape": list(arr.shape), "dtype": arr.dtype.str,
-              "blake2b": slice_checksum(arr, index, volume)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + SUFFIX,
-                               dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, features=arr, header=np.array(json.dumps(header)))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _unreadable(exc: Exception) -> str:
-    text = " ".join(str(exc).split())  # one line
-    return f"damaged or not a slice file ({type(exc).__name__}{': ' + text if text else ''})"
-
-
-def read_slice_file(fh, index: int, volume: str) -> tuple[np.ndarray | None, str | None]:
-    """Read and verify one slice file: ``(features, None)`` or ``(None, reason)``.
-
-    Parameters
-    ----------
-    fh
-        The file, open for binary reading.
-    index, volume
-        The slice index and the volume folder's key digest the file must carry.
-    """
-    try:
-        archive = np.load(fh, allow_pickle=False)
-    except Exception as exc:  # any failure to parse makes it unusable
-        return None, _unreadable(exc)
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        return None, "not a slice archive (.npz)"
-    with archive:
-        try:
-            if not {"features", "header"} <= set(archive.files):
-                return None, f"not a slice archive (it holds {sorted(archive.files)})"
-            header = json.loads(str(archive["header"][()]))
-            if not isinstance(header, dict):
-                raise ValueError("the header is not a JSON object")
-            if header.get("format") != FORMAT_VERSION:
-                return None, (f"format {header.get('format')!r}, not {FORMAT_VERSION}")
-            if header.get("index") != index:
-                return None, f"it holds slice {header.get('index')!r}"
-            if header.get("volume") != volume:
-                return None, f"it belongs to another volume ({str(header.get('volume'))[:12]})"
-            features = archive["features"]
-        except Exception as exc:
-            return None, _unreadable(exc)
-    if (features.dtype != np.float16 or features.ndim != 4 or features.shape[0] != 1
-            or features.size == 0 or list(features.shape) != header.get("shape")):
-        return None, f"unexpected features {features.dtype} {list(features.shape)}"
-    if slice_checksum(features, index, volume) != header.get("blake2b"):
-        return None, "checksum mismatch (damaged or overwritten)"
-    if not all_finite_float16(features):
-        return None, "non-finite values (NaN or inf)"
-    return features, None
 
 
 @dataclass
@@ -358,7 +92,7 @@ class DiskEmbeddingStore:
 
     ``get(index)`` / ``put(index, embedding)`` mirror :class:`~.cache.EmbeddingCache`; the
     slice index along :attr:`key.axis <VolumeKey.axis>` is the key. Every read verifies the
-    slice file (see the module docstring); a bad file is deleted with a warning and reads as
+    slice file (see :mod:`.slice_files`); a bad file is deleted with a warning and reads as
     a miss.
 
     Parameters
@@ -477,8 +211,8 @@ class DiskEmbeddingStore:
         """Store slice ``index``'s embedding as float16 (atomic write).
 
         Holds the root's shared :class:`CacheLock` while writing (waiting up to
-        :data:`WRITE_LOCK_TIMEOUT` s for a clear by another process, then raising
-        :class:`CacheBusyError`), and re-creates the volume folder and its ``meta.json``
+        :data:`~.cache_lock.WRITE_LOCK_TIMEOUT` s for a clear by another process, then
+        raising :class:`CacheBusyError`), and re-creates the volume folder and its ``meta.json``
         when they were removed meanwhile.
 
         Returns

@@ -1,0 +1,117 @@
+"""Which rows of a label map a napari Labels layer's events changed (for the autosave).
+
+:func:`rows_of_edit` reads the first-axis ranges (rows: slices along the first axis) out of
+a paint event's history atoms. :class:`PaintEventHooks` holds the layer event handlers of
+:class:`~napari_medsam._autosave.Autosaver`: a paint event (Accept, Accept 3D, brush, fill)
+marks its rows on the autosave's :class:`~napari_medsam.io.labels_mirror.LabelsMirror`; an
+undo or redo (a ``set_data`` event that follows no paint event) marks an unknown change; a
+replaced array marks every row.
+
+No napari or Qt imports here at run time (the handlers only start the autosave's timer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari.layers import Labels
+    from qtpy.QtCore import QTimer
+
+    from napari_medsam.io.labels_mirror import LabelsMirror
+
+__all__ = ["PaintEventHooks", "rows_of_edit"]
+
+
+def _atom_rows(atom: Any, n_rows: int) -> tuple[int, int] | None:
+    """First-axis range of one napari paint-history atom, or None for an unknown form.
+
+    napari records ``(slice_key, mask, old_values, new_value)`` for brush, fill and polygon
+    edits (a bounding box of slices) and ``(indices, old_values, new_values)`` for
+    :meth:`Labels.data_setitem` (fancy indices).
+    """
+    if not isinstance(atom, tuple) or not atom or not isinstance(atom[0], (tuple, list)):
+        return None
+    where = atom[0]
+    if not where:
+        return None
+    first = where[0]
+    if isinstance(first, slice):
+        start, stop, step = first.indices(n_rows)
+        return (start, stop) if step == 1 else (0, n_rows)
+    if isinstance(first, (int, np.integer)):
+        row = int(first) % n_rows if n_rows else 0
+        return row, row + 1
+    rows = np.asarray(first)
+    if rows.size == 0:
+        return 0, 0
+    if rows.dtype.kind not in "iu" or rows.min() < 0:
+        return None
+    return int(rows.min()), int(rows.max()) + 1
+
+
+def rows_of_edit(item: Any, n_rows: int) -> list[tuple[int, int]] | None:
+    """The first-axis ranges that one napari paint event (``event.value``: a list of history
+    atoms) changed, or None when they cannot be told (then everything may have changed)."""
+    if not isinstance(item, (list, tuple)):
+        return None
+    ranges = []
+    for atom in item:
+        rows = _atom_rows(atom, n_rows)
+        if rows is None:
+            return None
+        ranges.append(rows)
+    return ranges
+
+
+class PaintEventHooks:
+    """The Labels layer event handlers of :class:`~napari_medsam._autosave.Autosaver`.
+
+    A mixin: the class using it provides ``_mirror`` (the
+    :class:`~napari_medsam.io.labels_mirror.LabelsMirror` of the followed layer, or None),
+    ``_skip_set_data`` (the number of ``set_data`` events that only follow a paint event's
+    own write), ``_pass`` (a single-shot 0 ms timer that calls :meth:`_end_pass`) and
+    ``_changed(known)`` (something changed; ``known``: its rows are marked).
+    """
+
+    _mirror: LabelsMirror | None
+    _skip_set_data: int
+    _pass: QTimer
+
+    def _hooks(self, labels: Labels):
+        return ((labels.events.paint, self._on_paint), (labels.events.set_data, self._on_set_data),
+                (labels.events.data, self._on_data))
+
+    def _on_paint(self, event) -> None:
+        if self._mirror is None:
+            return
+        ranges = rows_of_edit(event.value, self._mirror.shape[0])
+        if ranges is None:
+            self._mirror.mark_all()
+        else:
+            for start, stop in ranges:
+                self._mirror.mark_rows(start, stop)
+        # napari writes the data after this event and then refreshes (one set_data event)
+        self._skip_set_data += 1
+        self._pass.start()
+        self._changed(known=True)
+
+    def _end_pass(self) -> None:
+        self._skip_set_data = 0
+
+    def _on_set_data(self, _event=None) -> None:
+        """Undo, redo, a stroke in progress, or only a new slice on display."""
+        if self._mirror is None:
+            return
+        if self._skip_set_data:
+            self._skip_set_data -= 1
+            return
+        self._mirror.mark_unknown()
+        self._changed(known=False)
+
+    def _on_data(self, _event=None) -> None:
+        if self._mirror is not None:
+            self._mirror.mark_all()
+            self._changed(known=True)
