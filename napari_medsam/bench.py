@@ -223,7 +223,8 @@ def probe_row(row: str, model: str, device: str, threads: int | None,
     """
     try:
         done = subprocess.run([sys.executable, "-c", _PROBE_CODE, row, model, device,
-                               str(threads or 0)], capture_output=True, text=True,
+                               str(threads or 0)], capture_output=True, encoding="utf-8",
+                              errors="replace",
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"did not finish within {timeout:.0f} s"

@@ -19,7 +19,7 @@ def run_cli(*args: str, env_cache: Path | None = None) -> subprocess.CompletedPr
     if env_cache is not None:
         env["NAPARI_MEDSAM_CACHE"] = str(env_cache)
     return subprocess.run([sys.executable, "-m", "napari_medsam.cli", *args],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, encoding="utf-8", errors="replace", env=env)
 
 
 def test_export_model_reports_files_and_parity(litemedsam, model_cache, capsys):

@@ -81,7 +81,8 @@ def _interrupt(args: list[str], wait_for: str, cache) -> subprocess.CompletedPro
     """Run the CLI, send SIGINT once ``wait_for`` appears on stderr, collect the rest."""
     env = {**os.environ, "NAPARI_MEDSAM_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "napari_medsam.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
+                            errors="replace")
     seen = []
     deadline = time.monotonic() + 240
     stream = proc.stderr if wait_for.startswith("[") else proc.stdout

@@ -105,7 +105,7 @@ def test_invalid_prompts_leave_an_existing_output_untouched(tmp_path):
     prompts = _write(tmp_path, {"objects": [_obj(box=[0, 0, 99, 10])]})
     result = subprocess.run([sys.executable, "-m", "napari_medsam.cli", "segment", str(HIPPO),
                              "--prompts", str(prompts), "--out", str(out)],
-                            capture_output=True, text=True)
+                            capture_output=True, encoding="utf-8", errors="replace")
     assert result.returncode == 2
     assert "objects[0] (label 1 \"thing\"), field 'box'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.gui
 def test_headless_demo_writes_screenshot_and_labels_on_the_scan_geometry(tmp_path, litemedsam):
     result = subprocess.run([sys.executable, "-m", "napari_medsam.demo", "--headless",
                              "--device", "cpu", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Dice" in result.stdout
     shot = tmp_path / "demo_screenshot.png"

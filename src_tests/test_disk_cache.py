@@ -345,7 +345,8 @@ def worker(tmp_path, kidney):
     def start(mode: str, root, *extra) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, str(script), mode, str(root), str(image),
                                  str(features), *map(str, extra)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, encoding="utf-8",
+                                errors="replace")
         started.append(proc)
         return proc
 

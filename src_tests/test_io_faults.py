@@ -255,7 +255,8 @@ def _read_without_permission(target: Path, path: Path) -> str:
         if setpriv is None:
             pytest.skip("running as root without setpriv: cannot make a file unreadable")
         command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", *command]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=120, check=False)
     target.chmod(0o644)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()

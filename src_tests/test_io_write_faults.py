@@ -43,7 +43,7 @@ def _mounted_tmpfs(where, size: str, read_only: bool = False):
     where.mkdir()
     options = f"size={size}" + (",ro" if read_only else "")
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                          capture_output=True, text=True)
+                          capture_output=True, encoding="utf-8", errors="replace")
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'}); "
                     "test_a_short_write_keeps_the_old_file covers the same path")
@@ -150,8 +150,8 @@ def test_segment_checks_the_output_before_the_model_work(tmp_path):
         done = subprocess.run(
             [sys.executable, "-m", "napari_medsam.cli", "segment", str(CT / "image.nii.gz"),
              "--prompts", str(prompts), "--out", str(folder / "seg.nii.gz")],
-            capture_output=True, text=True, env={**os.environ, "NAPARI_MEDSAM_CACHE":
-                                                 str(tmp_path / "no-model-needed")})
+            capture_output=True, encoding="utf-8", errors="replace",
+            env={**os.environ, "NAPARI_MEDSAM_CACHE": str(tmp_path / "no-model-needed")})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"napari-medsam segment: error: --out: cannot write {folder / 'seg.nii.gz'}: folder "

@@ -45,7 +45,7 @@ def test_wheel_declares_the_napari_manifest_entry_point(wheel):
 def test_npe2_validates_with_imports():
     npe2 = Path(sys.executable).with_name("npe2")
     result = subprocess.run([str(npe2), "validate", "napari-medsam", "--imports"],
-                            capture_output=True, text=True)
+                            capture_output=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in (result.stdout + result.stderr).lower()
 
@@ -60,5 +60,6 @@ def test_runtime_never_imports_torch(litemedsam):
             "import napari_medsam._widget, napari_medsam._reader, napari_medsam._writer\n"
             "assert 'torch' not in sys.modules, 'torch imported at run time'\n"
             "assert 'onnx' not in sys.modules\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8",
+                            errors="replace")
     assert result.returncode == 0, result.stderr
