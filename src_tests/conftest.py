@@ -54,12 +54,64 @@ def model_cache(tmp_path_factory):
         os.environ[CACHE_ENV] = old
 
 
+#: Slices whose embeddings the session's ``litemedsam`` keeps (4 MiB each).
+_EMBED_MEMO_SLICES = 400
+
+
+def _memoize_embed(model) -> None:
+    """Let ``model.embed`` return the embedding it computed before for the same slice.
+
+    The encoder is a pure function of the slice, and many tests embed the same real slices
+    (the CT organs, the MR abdomen, the hippocampus); on 2 cores each run costs 0.35-0.75 s.
+    Only the instance's ``embed`` is wrapped: a test that counts calls by wrapping it again
+    still sees every call, and ``embed_preprocessed`` (the parity tests) is untouched.
+    """
+    import hashlib
+    from collections import OrderedDict
+
+    import numpy as np
+
+    compute = model.embed
+    memo: OrderedDict[str, object] = OrderedDict()
+
+    def embed(image):
+        arr = np.ascontiguousarray(image)
+        digest = hashlib.blake2b(f"{arr.dtype.str}{arr.shape}".encode(), digest_size=16)
+        digest.update(arr.tobytes())
+        key = digest.hexdigest()
+        if key in memo:
+            memo.move_to_end(key)
+            return memo[key]
+        memo[key] = result = compute(image)
+        if len(memo) > _EMBED_MEMO_SLICES:
+            memo.popitem(last=False)
+        return result
+
+    model.embed = embed
+
+
 @pytest.fixture(scope="session")
-def litemedsam(model_cache):
-    """The exported LiteMedSAM on the CPU (exported on first use into the test cache)."""
+def litemedsam_ort(model_cache):
+    """The exported LiteMedSAM on ONNX Runtime's CPU provider (exported on first use into the
+    test cache): for the tests of ONNX Runtime itself (parity with PyTorch, providers, the
+    batched encoder)."""
     from napari_medsam.engine import load_model
 
     return load_model("litemedsam", device="cpu", backend="onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def litemedsam(litemedsam_ort):
+    """The exported LiteMedSAM on the engine the product picks on a CPU (``backend="auto"``:
+    OpenVINO f32 when it is installed, as with the test extra; else ONNX Runtime).
+
+    Its ``embed`` remembers the slices it has embedded (:func:`_memoize_embed`).
+    """
+    from napari_medsam.engine import load_model
+
+    model = load_model("litemedsam", device="cpu", backend="auto")
+    _memoize_embed(model)
+    return model
 
 
 @pytest.fixture(scope="session")

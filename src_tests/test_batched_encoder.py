@@ -193,7 +193,7 @@ def test_dynamic_batch_patch_traces_a_symbolic_batch_and_is_undone():
 
 
 @pytest.fixture(scope="module")
-def batched_export(litemedsam):
+def batched_export(litemedsam_ort):
     """``encoder_batched.onnx`` of LiteMedSAM, exported into the test cache."""
     from napari_medsam.models.export import export_batched_encoder
 
@@ -201,7 +201,7 @@ def batched_export(litemedsam):
 
 
 @pytest.fixture
-def private_model_dir(tmp_path, monkeypatch, litemedsam, model_cache):
+def private_model_dir(tmp_path, monkeypatch, litemedsam_ort, model_cache):
     """A cache of its own holding a copy of the exported LiteMedSAM (without batched file)."""
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     target = tmp_path / "models" / "litemedsam"
@@ -253,7 +253,7 @@ def test_batched_export_is_recorded_and_checked(batched_export, model_cache):
 
 
 @pytest.mark.slow
-def test_embed_batch_equals_embed_on_real_slices(batched_export, litemedsam, ct):
+def test_embed_batch_equals_embed_on_real_slices(batched_export, litemedsam_ort, ct):
     array, reference, mapping = ct
     model = OnnxPromptModel(get_spec("litemedsam"), "cpu", batch_size=3, auto_export=False)
     images = [mapping.apply(array[i]) for i in range(4)]
@@ -262,14 +262,14 @@ def test_embed_batch_equals_embed_on_real_slices(batched_export, litemedsam, ct)
     assert len(batch) == 4
     worst = 0.0
     for image, label, got in zip(images, reference[:4], batch, strict=True):
-        want = litemedsam.embed(image)
+        want = litemedsam_ort.embed(image)
         assert got.features.shape == want.features.shape == (1, 256, 64, 64)
         assert got.original_size == want.original_size
         assert got.resized_size == want.resized_size and got.model == want.model
         worst = max(worst, float(np.abs(got.features - want.features).max()))
         box = tight_box(label == 5)
-        assert np.array_equal(litemedsam.predict(got, box=box).mask,
-                              litemedsam.predict(want, box=box).mask)
+        assert np.array_equal(litemedsam_ort.predict(got, box=box).mask,
+                              litemedsam_ort.predict(want, box=box).mask)
     assert worst <= 1e-4, worst
     logging.getLogger(__name__).info("embed_batch vs embed: max |diff| %.2e", worst)
     assert model.embed_batch([]) == []
@@ -278,7 +278,7 @@ def test_embed_batch_equals_embed_on_real_slices(batched_export, litemedsam, ct)
 
 
 @pytest.mark.slow
-def test_volume_embedding_on_a_fake_gpu_runs_the_batched_encoder(batched_export, litemedsam,
+def test_volume_embedding_on_a_fake_gpu_runs_the_batched_encoder(batched_export, litemedsam_ort,
                                                                  ct, tmp_path):
     array, _, mapping = ct
     model = _on_fake_gpu(OnnxPromptModel(get_spec("litemedsam"), "cpu", batch_size=4,
@@ -296,7 +296,7 @@ def test_volume_embedding_on_a_fake_gpu_runs_the_batched_encoder(batched_export,
     assert summary.plan == EncodePlan("batched", 4, (4, 3, 256, 256)) and summary.encoded == 6
     assert calls == [(4, 3, 256, 256), (2, 3, 256, 256)]
     for index in (0, 2, 5):
-        want = litemedsam.embed(mapping.apply(array[index])).features
+        want = litemedsam_ort.embed(mapping.apply(array[index])).features
         got = store.get(index).features.astype(np.float32)
         assert np.abs(got - want).max() <= 2e-3  # the disk store keeps float16
 

@@ -45,10 +45,10 @@ def test_enough_prompts_over_ct_and_mri():
 
 
 @pytest.mark.parametrize("name,image,box", PROMPTS, ids=[p[0] for p in PROMPTS])
-def test_engine_matches_pytorch_reference(litemedsam, reference_net, name, image, box):
-    tensor, resized = litemedsam.preprocess(image)
-    embedding = litemedsam.embed_preprocessed(tensor, image.shape, resized)
-    prediction = litemedsam.predict(embedding, box=box)
+def test_engine_matches_pytorch_reference(litemedsam_ort, reference_net, name, image, box):
+    tensor, resized = litemedsam_ort.preprocess(image)
+    embedding = litemedsam_ort.embed_preprocessed(tensor, image.shape, resized)
+    prediction = litemedsam_ort.predict(embedding, box=box)
 
     scale = 256 / max(image.shape)
     box256 = np.asarray(box, dtype=np.float32)[None] * scale

@@ -57,9 +57,9 @@ def test_tensorrt_keeps_engines_in_the_cache(tmp_path):
     assert opts[1] == {} and opts[2] == {}
 
 
-def test_real_session_reports_what_runs(litemedsam, caplog):
+def test_real_session_reports_what_runs(litemedsam_ort, caplog):
     """On this machine (no GPU) 'cuda' runs on the CPU and says so; sessions tell the truth."""
-    assert litemedsam.providers == [prov.CPU]
+    assert litemedsam_ort.providers == [prov.CPU]
     with caplog.at_level(logging.WARNING):
         model = load_model("litemedsam", device="cuda")
     assert model.providers[-1] == prov.CPU
