@@ -41,13 +41,20 @@ def check_name(name: str, what: str = "model name") -> str:
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One exported ONNX file: its name in the model folder and its expected sha256."""
+    """One exported ONNX file: its name, its expected sha256, and whose folder it is in.
+
+    ``model`` names another model whose file this is (an adapted model shares its base
+    model's encoder: the file is not copied); None means the model's own folder.
+    """
 
     filename: str
     sha256: str | None = None
+    model: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.filename, "file name")
+        if self.model is not None:
+            check_name(self.model)
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,16 @@ class ModelSpec:
 
     def path(self, role: str) -> Path:
         """Path of the ``encoder`` or ``decoder`` ONNX file."""
-        return self.directory / self.files[role].filename
+        file = self.files[role]
+        folder = self.directory if file.model is None else model_dir(file.model)
+        return folder / file.filename
+
+    @property
+    def encoder_model(self) -> str:
+        """The model whose encoder this one runs: itself, or the base model it shares it
+        with. Embeddings (and their caches) belong to the encoder, so models that share one
+        share them."""
+        return self.files["encoder"].model or self.name
 
     def answers(self, prompt: str) -> bool:
         """Whether the model gives useful masks for ``prompt`` ("box" or "point")."""
@@ -96,7 +112,8 @@ class ModelSpec:
             "prompts": list(self.prompts),
             "notes": self.notes,
             "opset": self.opset,
-            "files": {r: {"filename": f.filename, "sha256": f.sha256}
+            "files": {r: {"filename": f.filename, "sha256": f.sha256,
+                          **({"model": f.model} if f.model else {})}
                       for r, f in self.files.items()},
         }
         if self.fingerprint:

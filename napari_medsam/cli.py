@@ -390,9 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoom_option(p)
     add_slice_gaps_option(p)
     p.set_defaults(func=_cmd_eval)
+    from napari_medsam.cli_adapt import add_adapt_parser
     from napari_medsam.cli_embed import add_embed_parser
 
     add_embed_parser(sub)
+    add_adapt_parser(sub)
     return parser
 
 

@@ -101,5 +101,5 @@ def volume_key(volume: np.ndarray, axis: int, mapping_key: str, model, *,
         raise ValueError(f"axis {axis} is outside a {np.ndim(volume)}D volume")
     return VolumeKey(image=image_digest or array_digest(volume),
                      shape=tuple(int(v) for v in np.shape(volume)), axis=int(axis),
-                     mapping=str(mapping_key), model=model.name,
+                     mapping=str(mapping_key), model=model.spec.encoder_model,
                      model_sha256=model_digest(model), precision=model_precision(model))

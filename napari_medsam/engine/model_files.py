@@ -86,9 +86,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _trusted_digests(spec: ModelSpec, role: str) -> set[str]:
-    """sha256 values vouched for: registry, this machine's export, earlier output checks."""
-    export = _read_json(spec.directory / "export.json").get("sha256", {})
-    verified = _read_json(spec.directory / VERIFIED_INFO).get(role, [])
+    """sha256 values vouched for: registry, the export's record in the file's folder
+    (another model's for a shared file), earlier output checks."""
+    folder = spec.path(role).parent
+    export = _read_json(folder / "export.json").get("sha256", {})
+    verified = _read_json(folder / VERIFIED_INFO).get(role, [])
     found = {spec.files[role].sha256, export.get(role)} | set(verified)
     return {d for d in found if isinstance(d, str)}
 
@@ -150,13 +152,14 @@ def _verify_by_output(spec: ModelSpec, paths: dict[str, Path], unknown: list[str
     if decoder_off:
         raise _corrupt(spec, paths["decoder"], "its outputs differ from the model's: "
                        + "; ".join(decoder_off))
-    record = _read_json(spec.directory / VERIFIED_INFO)
     for role in unknown:
+        where = paths[role].parent / VERIFIED_INFO
+        record = _read_json(where)
         digest = file_digest(paths[role])
         record[role] = sorted(set(record.get(role, [])) | {digest})
         logger.info("%s %s (sha256 %s) verified by its outputs on the smoke input", spec.name,
                     role, digest[:12])
-    _write_json(spec.directory / VERIFIED_INFO, record)
+        _write_json(where, record)
 
 
 def verify_model_files(spec: ModelSpec) -> dict[str, Path]:
@@ -192,8 +195,18 @@ def ensure_model_files(spec: ModelSpec, *, auto_export: bool = True) -> dict[str
     """Verified encoder/decoder paths, exporting a missing or damaged built-in model.
 
     A damaged file is exported again when the export extra is installed; otherwise the
-    error says the file is damaged (not that the model was never exported).
+    error says the file is damaged (not that the model was never exported). A model that
+    shares another model's encoder (an adapted one) gets that model's files first.
     """
+    if spec.encoder_model != spec.name:
+        from napari_medsam.models.registry import get_spec
+
+        try:
+            owner = get_spec(spec.encoder_model)
+        except KeyError:
+            raise ModelFilesMissing(f"{spec.display_name} runs the encoder of "
+                                    f"{spec.encoder_model!r}, which is not installed") from None
+        ensure_model_files(owner, auto_export=auto_export)
     try:
         return verify_model_files(spec)
     except ModelFileError as exc:

@@ -137,6 +137,23 @@ class OnnxPromptModel:
         low = spec.low_res_size
         self._no_mask = np.zeros((1, 1, low, low), dtype=np.float32)
 
+    def with_decoder(self, path: str | Path) -> OnnxPromptModel:
+        """This model with another ``decoder.onnx`` (e.g. adapted to one scan's object).
+
+        The encoder session is shared, and so are the embeddings: a session on the returned
+        model reuses every slice this one embedded.
+        """
+        import copy
+
+        import onnxruntime as ort
+
+        other = copy.copy(self)
+        options = prov.provider_options(self._requested, self._trt_cache)
+        other._decoder = ort.InferenceSession(str(path), _session_options(self._threads),
+                                              providers=self._requested,
+                                              provider_options=options)
+        return other
+
     @property
     def providers(self) -> list[str]:
         """Execution providers that really run (``session.get_providers()``)."""
@@ -265,7 +282,7 @@ class OnnxPromptModel:
         features = self.encode_batch(np.concatenate([tensor for tensor, _ in prepared]))
         return [Embedding(features=features[i:i + 1].copy(),
                           original_size=tuple(np.shape(image)), resized_size=tuple(resized),
-                          input_size=self.spec.input_size, model=self.name)
+                          input_size=self.spec.input_size, model=self.spec.encoder_model)
                 for i, (image, (_, resized)) in enumerate(zip(images, prepared, strict=True))]
 
     def preprocess(self, image2d: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -277,7 +294,7 @@ class OnnxPromptModel:
         (features,) = self._encoder.run(None, {"image": tensor})
         return Embedding(features=features, original_size=tuple(original_size),
                          resized_size=tuple(resized_size), input_size=self.spec.input_size,
-                         model=self.name)
+                         model=self.spec.encoder_model)
 
     def embed(self, image2d: np.ndarray) -> Embedding:
         """Encode one 2D slice already mapped to 0..255 (uint8 or float)."""
@@ -287,8 +304,9 @@ class OnnxPromptModel:
     def decode(self, embedding: Embedding, point_coords: np.ndarray, point_labels: np.ndarray,
                mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw decoder call: low-res logits [1, 4, L, L] and IoU [1, 4]."""
-        if embedding.model != self.name:
-            raise ValueError(f"embedding was made by {embedding.model!r}, not {self.name!r}")
+        if embedding.model != self.spec.encoder_model:
+            raise ValueError(f"embedding was made by the encoder of {embedding.model!r}, but "
+                             f"{self.name!r} decodes {self.spec.encoder_model!r}'s embeddings")
         has_mask = mask_input is not None
         mask = self._no_mask if not has_mask else \
             np.asarray(mask_input, dtype=np.float32).reshape(self._no_mask.shape)

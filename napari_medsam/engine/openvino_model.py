@@ -197,6 +197,19 @@ class OpenVINOPromptModel:
             config["PERFORMANCE_HINT_NUM_REQUESTS"] = int(requests)
         return self._core.compile_model(str(self._paths[role]), "CPU", config)
 
+    def with_decoder(self, path: str | Path) -> OpenVINOPromptModel:
+        """This model with another ``decoder.onnx`` (run by ONNX Runtime's CPU provider);
+        the compiled encoder, and so the embeddings, are shared."""
+        import copy
+
+        session = _onnxruntime_decoder(path, self.threads)
+        if session is None:
+            raise ModelFileError(f"ONNX Runtime cannot load the decoder {path}")
+        other = copy.copy(self)
+        other._ort_decoder, other._decoder, other._dec_request = session, None, None
+        other._dec_lock = threading.Lock()
+        return other
+
     # -- what runs -------------------------------------------------------------------------
 
     @property
@@ -229,13 +242,14 @@ class OpenVINOPromptModel:
             features = np.array(result[0], dtype=np.float32, copy=True)
         return Embedding(features=features, original_size=tuple(original_size),
                          resized_size=tuple(resized_size), input_size=self.spec.input_size,
-                         model=self.name)
+                         model=self.spec.encoder_model)
 
     def decode(self, embedding: Embedding, point_coords: np.ndarray, point_labels: np.ndarray,
                mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw decoder call: low-res logits [1, 4, L, L] and IoU [1, 4]."""
-        if embedding.model != self.name:
-            raise ValueError(f"embedding was made by {embedding.model!r}, not {self.name!r}")
+        if embedding.model != self.spec.encoder_model:
+            raise ValueError(f"embedding was made by the encoder of {embedding.model!r}, but "
+                             f"{self.name!r} decodes {self.spec.encoder_model!r}'s embeddings")
         has_mask = mask_input is not None
         mask = self._no_mask if not has_mask else \
             np.asarray(mask_input, dtype=np.float32).reshape(self._no_mask.shape)

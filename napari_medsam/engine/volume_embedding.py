@@ -323,7 +323,7 @@ class VolumeEmbedder:
     def _embedding(self, features: np.ndarray) -> Embedding:
         return Embedding(features=features, original_size=self.original_size,
                          resized_size=self._resized, input_size=self.model.spec.input_size,
-                         model=self.model.name)
+                         model=self.model.spec.encoder_model)
 
     def _keep(self, index: int, embedding: Embedding) -> None:
         if self.cache is None:

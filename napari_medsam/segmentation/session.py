@@ -86,6 +86,9 @@ class SegmentationSession:
         if np.ndim(volume) != 3:
             raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
         self.model = model
+        spec = getattr(model, "spec", None)  # test doubles may have none
+        #: Whose embeddings the model decodes (models sharing an encoder share them).
+        self._encoder_id = spec.encoder_model if spec is not None else model.name
         self.volume = volume
         self.mapping = mapping
         self.data_id = id(volume) if data_id is None else data_id
@@ -128,7 +131,7 @@ class SegmentationSession:
         return self.mapping.apply(raw)
 
     def cache_key(self, ref: SliceRef) -> tuple:
-        return (self.data_id, ref.axis, ref.index, self.mapping.key, self.model.name)
+        return (self.data_id, ref.axis, ref.index, self.mapping.key, self._encoder_id)
 
     def embedding(self, ref: SliceRef) -> Embedding:
         """The slice's embedding, computed once and then taken from the cache."""
@@ -335,7 +338,10 @@ class SegmentationSession:
         if not boxes and not positives:
             return None
         mask = None
-        if positives or negatives:
+        if (positives or negatives) and self.native_clicks:
+            mask = self._native_clicks(ref, boxes.pop() if boxes else None, positives,
+                                       negatives)
+        elif positives or negatives:
             from .clicks import segment_clicks
 
             embedding = self.embedding(ref)
@@ -353,6 +359,31 @@ class SegmentationSession:
             box_mask = self._box_mask(ref, box)
             mask = box_mask if mask is None else (mask | box_mask)
         return mask
+
+    @property
+    def native_clicks(self) -> bool:
+        """Whether the model answers clicks itself (an adapted model): one decoder call per
+        prompt instead of the click search that box-only models need."""
+        spec = getattr(self.model, "spec", None)
+        return spec is not None and spec.answers("point")
+
+    def _native_clicks(self, ref: SliceRef, box: Box | None,
+                       positives: Sequence[tuple[float, float]],
+                       negatives: Sequence[tuple[float, float]]) -> np.ndarray:
+        """Clicks (and a box) as one point prompt; with ``zoom == "auto"`` a small result
+        is predicted again in its region of interest and the two are combined, as boxes
+        are (two decoder calls)."""
+        points = [(x, y, 1) for x, y in positives] + [(x, y, 0) for x, y in negatives]
+        pred = self.predict(ref, box=box, points=points)
+        if box is not None or not pred.mask.any() or not self.roi_active(ref.axis):
+            return pred.mask
+        rows = np.flatnonzero(pred.mask.any(axis=1))
+        cols = np.flatnonzero(pred.mask.any(axis=0))
+        crop = self.crop_for(ref, (cols[0], rows[0], cols[-1], rows[-1]))
+        if crop is None:
+            return pred.mask
+        roi = self.predict_in_crop(ref, crop, points=points)
+        return combine_predictions(pred, roi, self.roi_policy.combine).mask
 
     @property
     def click_ranking(self) -> str:
