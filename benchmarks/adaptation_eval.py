@@ -150,9 +150,10 @@ def hippocampus(config: TrainingConfig, results: dict) -> None:
 def brain(config: TrainingConfig, results: dict) -> None:
     folder = case_dir("pyradiomics_brain1_mr")
     pair = _pair(folder / "image.nrrd", folder / "label.nrrd", [1])
-    half = pair.labels.shape[0] // 2
-    for name, train, test in (("lower", slice(0, half), slice(half, None)),
-                              ("upper", slice(half, None), slice(0, half))):
+    zs = np.flatnonzero(pair.labels.any(axis=(1, 2)))  # the tumour is on 7 slices
+    cut = int(zs[len(zs) // 2]) + 1
+    for name, train, test in (("lower", slice(0, cut), slice(cut, None)),
+                              ("upper", slice(cut - 1, None), slice(0, cut - 1))):
         _run(f"bench-brain-{name}", [_masked(pair, train)], [1],
              [("brain tumour, other half", pair, test)], config, results)
 
@@ -202,8 +203,9 @@ def main() -> None:
         started = time.perf_counter()
         EXPERIMENTS[name](config, results)
         print(f"   {time.perf_counter() - started:.0f} s")
+        if args.json:  # after every experiment: a failure later keeps what was measured
+            Path(args.json).write_text(json.dumps(results, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
         print("wrote", args.json)
 
 

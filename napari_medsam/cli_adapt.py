@@ -132,6 +132,13 @@ def format_report(report) -> str:
         mark = "  <- kept" if row["epoch"] == report.best_epoch and report.saved else ""
         lines.append(f"  {row['epoch']:5d}  {_fmt(row['box']):>12s}  {_fmt(row['click']):>14s}"
                      f"{mark}")
+    clicks = report.extra.get("heldout_clicks")
+    if clicks:
+        verdict = ("it answers clicks itself" if report.extra.get("answers_clicks")
+                   else "clicks keep the click search")
+        lines.append(f"  one click on held-out slices: adapted (one decoder call) "
+                     f"{clicks['adapted_one_call']:.3f}, base click search "
+                     f"{clicks['base_click_search']:.3f}: {verdict}")
     if report.saved:
         lines.append(f"saved as model {report.name!r} in {report.model_dir}; use it with "
                      f"--model {report.name}")

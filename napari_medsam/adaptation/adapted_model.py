@@ -119,8 +119,11 @@ def _onnx_parity(path: Path, args, torch_masks: np.ndarray) -> float:
 
 
 def save_adapted_model(name: str, base: ModelSpec, image_encoder, decoder, *,
-                       prompts: tuple[str, ...], card: dict[str, Any]) -> ModelSpec:
+                       answers_points: bool, card: dict[str, Any]) -> ModelSpec:
     """Export ``decoder`` as model ``name`` (sharing ``base``'s encoder) and register it.
+
+    ``answers_points``: the model takes clicks as point prompts (one decoder call); without
+    it clicks keep the click search, as for the base model.
 
     Raises
     ------
@@ -151,7 +154,7 @@ def save_adapted_model(name: str, base: ModelSpec, image_encoder, decoder, *,
             architecture=base.architecture, input_size=base.input_size,
             embedding_shape=base.embedding_shape, low_res_size=base.low_res_size,
             preprocessing=dict(base.preprocessing),
-            prompts=tuple(dict.fromkeys(("box", *(("point",) if "click" in prompts else ())))),
+            prompts=("box", "point") if answers_points else ("box",),
             files={"encoder": FileSpec(base.files["encoder"].filename,
                                        file_digest(encoder_path),
                                        model=base.encoder_model),

@@ -79,7 +79,9 @@ def read_pair(image: str | Path, labels: str | Path, values: Sequence[int] | Non
     if missing:
         raise AdaptError(f"{labels} has no voxels of label(s) {', '.join(map(str, missing))} "
                          f"(it holds {', '.join(map(str, sorted(present)))})")
-    volume.label_names.update(reference.label_names)
+    from napari_medsam.evaluation import reference_label_names
+
+    volume.label_names.update(reference_label_names(reference, labels))
     return TrainingPair(volume, array, str(image))
 
 
@@ -133,6 +135,27 @@ class AdaptReport:
         return asdict(self)
 
 
+def compare_clicks(trainer: DecoderTrainer, heldout: Sequence[Example],
+                   sessions: Sequence) -> dict[str, float]:
+    """Held-out Dice of one click at the innermost pixel, on whole slices: the adapted
+    decoder answering it (one call) against the base model's click search (the product
+    path for a model that answers boxes only)."""
+    from napari_medsam.evaluation import dice
+    from napari_medsam.segmentation import SliceRef
+
+    from .examples import innermost_point
+
+    native, search = [], []
+    for example in (e for e in heldout if e.view == "slice"):
+        native.append(dice(trainer.predict_mask(example, "click"), example.mask))
+        ref = SliceRef(0, example.index)
+        mask = sessions[example.scan].predict_prompts(
+            ref, positives=[innermost_point(example.mask)])
+        search.append(dice(np.asarray(mask, dtype=bool), example.mask))
+    return {"adapted_one_call": round(float(np.mean(native)), 4),
+            "base_click_search": round(float(np.mean(search)), 4)}
+
+
 def _scores(result: TrainingResult, epoch: int) -> dict[str, float | None]:
     row = result.epochs[epoch]
     return {"box": row.box, "click": row.click, "score": row.score}
@@ -177,11 +200,13 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
     bank = EmbeddingBank()
     start = time.perf_counter()
     examples: list[Example] = []
+    sessions = []
     try:
         for scan, pair in enumerate(pairs):
             session = SegmentationSession(model, pair.image.array,
                                           auto_mapping(pair.image.array, pair.image.modality),
                                           zoom=zoom, disk_cache=True)
+            sessions.append(session)
             examples += collect_examples(
                 session, pair.labels, values, scan, bank, cancel=cancel,
                 progress=lambda done, total, s=scan: say(
@@ -202,10 +227,15 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
             say(f"epoch {epoch}: {done}/{total}{eta}")
 
         result = trainer.fit(train, heldout, progress=step, cancel=cancel)
+        clicks = {}
+        if "click" in config.prompts and result.improved and not result.cancelled:
+            say("comparing clicks with the base model's click search on held-out slices")
+            clicks = compare_clicks(trainer, heldout, sessions)
     finally:
         bank.close()
     if result.cancelled:
         raise AdaptError("cancelled: nothing was saved")
+    native_clicks = bool(clicks) and clicks["adapted_one_call"] > clicks["base_click_search"]
     report = AdaptReport(
         name=name, base=model.spec.name, saved=False, labels=[int(v) for v in values],
         scans=len(pairs), examples=len(examples), train_examples=len(train),
@@ -213,14 +243,18 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
         epochs=[asdict(e) | {"score": e.score} for e in result.epochs],
         best_epoch=result.best_epoch, heldout_before=_scores(result, 0),
         heldout_after=_scores(result, result.best_epoch),
-        embed_seconds=round(embed_seconds, 2), train_seconds=round(result.seconds, 2))
+        embed_seconds=round(embed_seconds, 2), train_seconds=round(result.seconds, 2),
+        extra={"heldout_clicks": clicks, "answers_clicks": native_clicks})
     if not result.improved:
         report.reason = ("no epoch beat the base model on the held-out examples: nothing "
                          "was saved")
         return report
     names = {int(v): (label_names or {}).get(int(v), pairs[0].image.label_names.get(int(v), ""))
              for v in values}
-    card = {"base": model.spec.name, "base_encoder_sha256": model.spec.files["encoder"].sha256,
+    from napari_medsam.engine.model_files import file_digest
+
+    card = {"base": model.spec.name,
+            "base_encoder_sha256": file_digest(model.spec.path("encoder")),
             "scans": [{"blake2b": p.digest, "shape": list(p.image.shape),
                        "modality": p.image.modality} for p in pairs],
             "labels": {str(k): v for k, v in names.items()}, "prompts": list(config.prompts),
@@ -228,7 +262,8 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
             "seed": config.seed, "split": how, "heldout_before": report.heldout_before,
             "heldout_after": report.heldout_after, "zoom": zoom,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    card["answers_clicks"], card["heldout_clicks"] = native_clicks, clicks
     spec = save_adapted_model(name, model.spec, image_encoder, trainer.module,
-                              prompts=config.prompts, card=card)
+                              answers_points=native_clicks, card=card)
     report.saved, report.model_dir = True, str(spec.directory)
     return report

@@ -218,6 +218,19 @@ class DecoderTrainer:
                 scores.append(_dice(logits, example.target))
         return float(np.mean(scores))
 
+    def predict_mask(self, example: Example, kind: str) -> np.ndarray:
+        """The mask of the evaluation prompt of ``kind`` at the example's image size (what
+        the exported decoder gives on the whole image)."""
+        from napari_medsam.engine.preprocess import postprocess_logits, resized_shape
+
+        torch = self._torch
+        self.module.eval()
+        coords, labels = draw_prompt(example, kind, None, 0, self.input_size)
+        with torch.no_grad():
+            low = self._forward(example, coords, labels)[0].numpy()
+        resized = resized_shape(*example.size, self.input_size)
+        return postprocess_logits(low, resized, example.size, self.input_size) > 0
+
     def _epoch_score(self, epoch: int, heldout: Sequence[Example], loss: float | None,
                      seconds: float) -> EpochScore:
         kinds = self.config.prompts
@@ -266,7 +279,7 @@ class DecoderTrainer:
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 result.steps += 1
                 if progress is not None:
                     rate = result.steps / max(time.perf_counter() - start, 1e-6)

@@ -1,0 +1,175 @@
+"""Adaptation: the decoder learns from the user's label maps and becomes a registry model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import case_dir
+
+from napari_medsam.adaptation import AdaptError, TrainingConfig, TrainingPair, adapt, read_pair
+from napari_medsam.adaptation.examples import EmbeddingBank, collect_examples, low_res_target
+from napari_medsam.cli import main
+from napari_medsam.engine import load_model
+from napari_medsam.evaluation import dice, interior_click
+from napari_medsam.io.intensity import auto_mapping
+from napari_medsam.models.registry import get_spec, load_registry
+from napari_medsam.segmentation import SegmentationSession, SliceRef
+
+HIPPO = case_dir("msd_hippocampus_mr")
+IMAGE_3, LABELS_3 = HIPPO / "hippocampus_003_image.nii.gz", HIPPO / "hippocampus_003_label.nii.gz"
+IMAGE_4, LABELS_4 = HIPPO / "hippocampus_004_image.nii.gz", HIPPO / "hippocampus_004_label.nii.gz"
+
+
+def _session(model, pair: TrainingPair, zoom: str = "auto") -> SegmentationSession:
+    return SegmentationSession(model, pair.image.array,
+                               auto_mapping(pair.image.array, pair.image.modality), zoom=zoom)
+
+
+@pytest.fixture(scope="module")
+def few_slices():
+    """Hippocampus 003, posterior label only, on 10 of its slices (a quick training set)."""
+    pair = read_pair(IMAGE_3, LABELS_3, [2])
+    slices = np.flatnonzero((pair.labels == 2).any(axis=(1, 2)))[2:12]
+    labels = np.zeros_like(pair.labels)
+    labels[slices] = np.where(pair.labels[slices] == 2, 2, 0)
+    return TrainingPair(pair.image, labels, "hippocampus_003 (10 slices)")
+
+
+@pytest.fixture(scope="module")
+def adapted(few_slices, litemedsam):
+    report = adapt([few_slices], [2], "hippo-test", config=TrainingConfig(epochs=3, seed=0))
+    return report
+
+
+def test_examples_are_what_inference_sees(few_slices, litemedsam):
+    session = _session(litemedsam, few_slices)
+    bank = EmbeddingBank()
+    examples = collect_examples(session, few_slices.labels, [2], 0, bank)
+    slices = [e for e in examples if e.view == "slice"]
+    rois = [e for e in examples if e.view == "roi"]
+    assert len(slices) == 10 and rois  # small MR objects are also seen zoomed
+    first = slices[0]
+    ref = SliceRef(0, first.index)
+    assert np.array_equal(bank.get(first.key), session.embedding(ref).features.astype(np.float16))
+    assert np.array_equal(first.mask, few_slices.labels[first.index] == 2)
+    assert np.array_equal(first.target, low_res_target(first.mask, 256, 256))
+    roi = rois[0]
+    assert roi.size[0] == roi.size[1] > max(first.size)  # the ROI's canvas, seen at 4x
+    assert roi.mask.any() and roi.target.any()  # the object is on the canvas
+    bank.close()
+
+
+def test_adapting_saves_a_model_that_beats_the_base_and_shares_its_encoder(adapted):
+    assert adapted.saved, adapted.reason
+    assert adapted.heldout_after["box"] > adapted.heldout_before["box"]
+    assert adapted.heldout_after["click"] > adapted.heldout_before["click"] + 0.2
+    spec = get_spec("hippo-test")
+    assert "hippo-test" in load_registry() and spec.answers("point") and not spec.builtin
+    assert spec.encoder_model == "litemedsam"
+    assert spec.path("encoder") == get_spec("litemedsam").path("encoder")
+    assert sorted(p.name for p in spec.directory.iterdir()) == [
+        "card.json", "decoder.onnx", "export.json", "model.json"]  # the encoder is shared
+    card = json.loads((spec.directory / "card.json").read_text())
+    assert card["base"] == "litemedsam" and card["labels"] == {"2": "hippocampus posterior "
+                                                                   "(body/tail)"}
+    assert len(card["scans"][0]["blake2b"]) == 32 and "path" not in json.dumps(card)
+    assert card["prompts"] == ["box", "click"] and card["seed"] == 0
+    assert card["epochs"] == adapted.best_epoch >= 1
+    assert card["heldout_after"]["box"] == adapted.heldout_after["box"]
+
+
+def test_a_click_is_one_decoder_call_and_finds_the_object_on_another_scan(adapted):
+    model = load_model("hippo-test", device="cpu")
+    other = read_pair(IMAGE_4, LABELS_4, [2])
+    session = _session(model, other, zoom="off")
+    z = int((other.labels == 2).sum(axis=(1, 2)).argmax())
+    truth = other.labels[z] == 2
+    ref = SliceRef(0, z)
+    session.embedding(ref)
+    calls = []
+    real = model.predict
+    model.predict = lambda *a, **k: calls.append(1) or real(*a, **k)
+    mask = session.predict_prompts(ref, positives=[interior_click(truth)])
+    assert calls == [1]
+    assert dice(mask, truth) > 0.5
+    # the embeddings belong to the shared encoder: a base-model session reuses them
+    base = SegmentationSession(load_model("litemedsam", device="cpu"), other.image.array,
+                               session.mapping, cache=session.cache,
+                               data_id=session.data_id, zoom="off")
+    assert base.is_embedded(ref)
+
+
+def test_the_adapted_model_runs_without_torch(adapted, model_cache):
+    code = ("import sys, numpy as np\n"
+            "from napari_medsam.engine import load_model\n"
+            "m = load_model('hippo-test', device='cpu', auto_export=False)\n"
+            "e = m.embed(np.tile(np.arange(128, dtype=np.uint8), (100, 1)))\n"
+            "m.predict(e, points=[(60, 50, 1)])\n"
+            "assert 'torch' not in sys.modules, 'torch imported at run time'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8",
+                          errors="replace", env={**os.environ,
+                                                 "NAPARI_MEDSAM_CACHE": str(model_cache)})
+    assert done.returncode == 0, done.stderr
+
+
+def test_segment_and_models_know_the_adapted_model(adapted, tmp_path, capsys):
+    assert main(["models"]) == 0
+    assert "hippo-test" in capsys.readouterr().out
+    other = read_pair(IMAGE_4, LABELS_4, [2])
+    z = int((other.labels == 2).sum(axis=(1, 2)).argmax())
+    x, y = interior_click(other.labels[z] == 2)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"objects": [
+        {"label": 2, "slice": z, "points": [[y, x, 1]]}]}))
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(IMAGE_4), "--prompts", str(prompts), "--out", str(out),
+                 "--model", "hippo-test"]) == 0
+    assert "hippo-test" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pair,labels,name,message", [
+    ((IMAGE_3, LABELS_4), "1", "x1", "does not fit"),
+    ((IMAGE_3, LABELS_3), "1,7", "x2", "no voxels of label(s) 7"),
+    ((IMAGE_3, IMAGE_3), "1", "x3", "is not a label map"),
+    ((IMAGE_3, LABELS_3), "1", "litemedsam", "exists already"),
+    ((IMAGE_3, LABELS_3), "1", "../x", "invalid model name"),
+])
+def test_adapt_refuses_bad_input_with_one_line(pair, labels, name, message, capsys):
+    code = main(["adapt", "--pair", str(pair[0]), str(pair[1]), "--labels", labels,
+                 "--name", name])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("napari-medsam adapt: error: ")
+    assert message in err[0]
+
+
+def test_a_label_map_without_labels_is_refused(tmp_path):
+    from napari_medsam.io import read_volume, write_labels
+
+    image = read_volume(IMAGE_3)
+    empty = tmp_path / "empty_label.nii.gz"
+    write_labels(np.zeros(image.shape, np.uint8), empty, image)
+    with pytest.raises(AdaptError, match="has no labelled voxels"):
+        read_pair(IMAGE_3, empty, [1])
+
+
+def test_within_scan_adaptation_shares_the_embeddings(few_slices, litemedsam):
+    from napari_medsam.adaptation.within_scan import adapt_to_anchors
+
+    session = _session(litemedsam, few_slices)
+    z = int(np.flatnonzero(few_slices.labels.any(axis=(1, 2)))[4])
+    result = adapt_to_anchors(session, 0, {z: few_slices.labels[z] == 2}, epochs=2)
+    adapted_session = SegmentationSession(result.model, session.volume, session.mapping,
+                                          cache=session.cache, data_id=session.data_id)
+    ref = SliceRef(0, z + 1)
+    assert session.is_embedded(SliceRef(0, z))
+    assert adapted_session.is_embedded(SliceRef(0, z))  # no new encoder run
+    box = (10, 10, 30, 30)
+    assert not np.array_equal(adapted_session.predict(ref, box=box).logits,
+                              session.predict(ref, box=box).logits)
+    result.folder.cleanup()
