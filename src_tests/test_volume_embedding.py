@@ -264,7 +264,7 @@ def test_embed_command_fills_shows_and_clears_the_cache(monkeypatch, capsys, tmp
     import argparse
 
     import napari_medsam.engine as engine
-    from napari_medsam.cli_embed import add_embed_parser
+    from napari_medsam.cli.embed import add_parser as add_embed_parser
     from napari_medsam.engine.disk_cache import cache_size
     from napari_medsam.paths import CACHE_ENV
 
@@ -331,7 +331,7 @@ def test_embed_command_encodes_corrupt_slices_again(monkeypatch, capsys, tmp_pat
     import argparse
 
     import napari_medsam.engine as engine
-    from napari_medsam.cli_embed import add_embed_parser
+    from napari_medsam.cli.embed import add_parser as add_embed_parser
     from napari_medsam.engine.disk_cache import cache_entries
     from napari_medsam.paths import CACHE_ENV
 

@@ -1,6 +1,6 @@
 """``napari-medsam embed``: pre-embed every slice of a scan into the disk cache.
 
-Wired into :mod:`napari_medsam.cli` with :func:`add_embed_parser`::
+Wired into :mod:`napari_medsam.cli` with :func:`add_parser`::
 
     napari-medsam embed IMAGE [--axis 0] [--backend auto] [--device auto] [--model NAME]
     napari-medsam embed --info      # where the cache is, its size and volumes
@@ -18,12 +18,13 @@ import logging
 import sys
 import time
 
+from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError, add_slice_gaps_option
+
 logger = logging.getLogger(__name__)
 
 
-def add_embed_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``embed`` command to ``napari-medsam``'s sub-command parsers."""
-    from napari_medsam.cli import add_slice_gaps_option
     from napari_medsam.engine.backends import BACKENDS, PRECISIONS
     from napari_medsam.engine.providers import DEVICES
 
@@ -47,7 +48,7 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--info", action="store_true", help="show the disk cache and exit")
     p.add_argument("--clear", action="store_true", help="delete every stored embedding")
     add_slice_gaps_option(p)
-    p.set_defaults(func=cmd_embed)
+    p.set_defaults(func=run)
     return p
 
 
@@ -68,9 +69,8 @@ def _print_info() -> None:
               f"{meta.get('mapping', '?')}  used {when}")
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
-    """Run ``napari-medsam embed`` (see the module docstring); returns the exit code."""
-    from napari_medsam.cli import CliError
+def _clear_and_info(args: argparse.Namespace) -> None:
+    """``--clear`` then ``--info``, before any IMAGE is embedded."""
     from napari_medsam.engine.disk_cache import (
         CacheBusyError,
         clear_cache,
@@ -82,14 +82,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
         try:
             freed = clear_cache()
         except CacheBusyError as exc:  # another embed runs: nothing was deleted
-            raise CliError(str(exc), 1) from exc
+            raise CliError(str(exc), EXIT_FAILURE) from exc
         print(f"cleared {embeddings_dir()} ({format_bytes(freed)} freed)")
     if args.info:
         _print_info()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``napari-medsam embed`` (see the module docstring); returns the exit code."""
+    from napari_medsam.engine.disk_cache import CacheBusyError, embeddings_dir, format_bytes
+
+    _clear_and_info(args)
     if (args.clear or args.info) and not args.image:
         return 0
     if not args.image:
-        raise CliError("give an IMAGE to embed (or --info / --clear)", 2)
+        raise CliError("give an IMAGE to embed (or --info / --clear)", EXIT_USAGE)
 
     from napari_medsam.engine import load_model
     from napari_medsam.engine.volume_embedding import VolumeEmbedder
@@ -124,9 +131,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         summary = embedder.run(args.start, progress=report)
     except KeyboardInterrupt:
         print("\ninterrupted: the slices done so far are kept")
-        return 130
+        return EXIT_INTERRUPTED
     except CacheBusyError as exc:  # a clear by another process did not finish in time
-        raise CliError(str(exc), 1) from exc
+        raise CliError(str(exc), EXIT_FAILURE) from exc
     rate = f", {summary.slices_per_s:.2f} slices/s" if summary.encoded else ""
     print(f"done: {summary.encoded} encoded, {summary.from_disk} already cached, "
           f"{summary.wall_s:.1f} s{rate}")

@@ -1,6 +1,6 @@
 """``napari-medsam adapt``: fine-tune a model's decoder on the user's own label maps.
 
-Wired into :mod:`napari_medsam.cli` with :func:`add_adapt_parser`::
+Wired into :mod:`napari_medsam.cli` with :func:`add_parser`::
 
     napari-medsam adapt --pair IMAGE LABELS [--pair IMAGE LABELS ...] --labels 1,2 \\
         --name hippo-t1 [--epochs auto] [--prompts box,click] [--json report.json]
@@ -16,12 +16,21 @@ import json
 import logging
 from pathlib import Path
 
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    CliError,
+    StderrProgress,
+    add_slice_gaps_option,
+    check_json_folder,
+    parse_labels,
+)
+
 logger = logging.getLogger(__name__)
 
 
-def add_adapt_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``adapt`` command to ``napari-medsam``'s sub-command parsers."""
-    from napari_medsam.cli import add_slice_gaps_option
     from napari_medsam.engine.backends import BACKENDS
     from napari_medsam.engine.providers import DEVICES
 
@@ -48,13 +57,12 @@ def add_adapt_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--json", help="write the report here")
     add_slice_gaps_option(p)
-    p.set_defaults(func=cmd_adapt)
+    p.set_defaults(func=run)
     return p
 
 
 def _config(args: argparse.Namespace):
     from napari_medsam.adaptation import TrainingConfig
-    from napari_medsam.cli import EXIT_USAGE, CliError
 
     epochs = None
     if args.epochs != "auto":
@@ -71,22 +79,14 @@ def _config(args: argparse.Namespace):
         raise CliError(f"--prompts/--epochs: {exc}", EXIT_USAGE) from None
 
 
-def cmd_adapt(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``napari-medsam adapt``; returns the exit code."""
     from napari_medsam.adaptation import AdaptError, adapt, read_pair
-    from napari_medsam.cli import (
-        EXIT_FAILURE,
-        EXIT_USAGE,
-        CliError,
-        _parse_labels,
-        _StderrProgress,
-    )
     from napari_medsam.models.export import missing_export_packages
 
-    values = _parse_labels(args.labels)
+    values = parse_labels(args.labels)
     config = _config(args)
-    if args.json and not Path(args.json).expanduser().parent.is_dir():
-        raise CliError(f"--json {args.json}: folder does not exist", EXIT_USAGE)
+    check_json_folder(args.json)
     missing = missing_export_packages()
     if missing:
         raise CliError("adapting needs the export extra; missing: " + ", ".join(missing)
@@ -96,7 +96,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                  for image, labels in args.pair]
     except AdaptError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    progress = _StderrProgress()
+    progress = StderrProgress()
     try:
         report = adapt(pairs, values, args.name, base=args.base, device=args.device,
                        backend=args.backend, zoom=args.zoom, config=config,
