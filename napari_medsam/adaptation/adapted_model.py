@@ -25,6 +25,7 @@ from napari_medsam.models.registry import (
     SPEC_FILENAME,
     FileSpec,
     ModelSpec,
+    PointDomain,
     check_name,
     load_registry,
 )
@@ -119,11 +120,13 @@ def _onnx_parity(path: Path, args, torch_masks: np.ndarray) -> float:
 
 
 def save_adapted_model(name: str, base: ModelSpec, image_encoder, decoder, *,
-                       answers_points: bool, card: dict[str, Any]) -> ModelSpec:
+                       answers_points: bool, card: dict[str, Any],
+                       point_domain: PointDomain | None = None) -> ModelSpec:
     """Export ``decoder`` as model ``name`` (sharing ``base``'s encoder) and register it.
 
     ``answers_points``: the model takes clicks as point prompts (one decoder call); without
-    it clicks keep the click search, as for the base model.
+    it clicks keep the click search, as for the base model. ``point_domain``: the slices
+    those click answers were checked on (elsewhere the click search is used).
 
     Raises
     ------
@@ -161,7 +164,8 @@ def save_adapted_model(name: str, base: ModelSpec, image_encoder, decoder, *,
                    "decoder": FileSpec("decoder.onnx", digest)},
             source={"adapted_from": base.name}, opset=base.opset, builtin=False,
             notes=f"Decoder adapted on {len(card.get('scans', []))} scan(s); see card.json.",
-            fingerprint=fingerprint)
+            fingerprint=fingerprint,
+            point_domain=point_domain if answers_points else None)
         (work / SPEC_FILENAME).write_text(json.dumps(spec.to_json(), indent=2))
         (work / "export.json").write_text(json.dumps(
             {"name": name, "sha256": {"decoder": digest}, "max_abs_diff": diff,

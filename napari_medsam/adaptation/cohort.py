@@ -20,6 +20,8 @@ import numpy as np
 
 from napari_medsam.io import Volume, read_volume
 from napari_medsam.io.intensity import auto_mapping
+from napari_medsam.models.registry import PointDomain
+from napari_medsam.segmentation.roi import is_fixed_window
 
 from .adapted_model import AdaptError, check_new_name, load_decoder, save_adapted_model
 from .examples import EmbeddingBank, Example, collect_examples
@@ -156,6 +158,40 @@ def compare_clicks(trainer: DecoderTrainer, heldout: Sequence[Example],
             "base_click_search": round(float(np.mean(search)), 4)}
 
 
+#: How much held-out box Dice an adapted model may lose when its one-call clicks beat the
+#: base model's click search (otherwise boxes, the default prompt, must improve).
+BOX_TOLERANCE = 0.01
+
+
+def worth_keeping(result: TrainingResult, native_clicks: bool) -> tuple[bool, str]:
+    """Whether the adapted decoder beats the base model where users will feel it, and why
+    not: boxes better on the held-out examples, or clicks answered in one call better than
+    the base model's click search with boxes no worse than :data:`BOX_TOLERANCE`."""
+    if not result.improved:
+        return False, "no epoch beat the base model on the held-out examples: nothing was saved"
+    before, after = result.base.box, result.best.box
+    if before is None or after is None:  # trained on clicks alone
+        if native_clicks:
+            return True, ""
+        return False, ("one-click answers did not beat the base model's click search on the "
+                       "held-out slices: nothing was saved")
+    if after > before or (native_clicks and after >= before - BOX_TOLERANCE):
+        return True, ""
+    clicks = ("" if native_clicks else
+              ", and one-click answers did not beat the base model's click search")
+    return False, (f"boxes did not improve on the held-out examples ({before:.3f} -> "
+                   f"{after:.3f}){clicks}: nothing was saved")
+
+
+def point_domain(examples: Sequence[Example], sessions: Sequence) -> PointDomain:
+    """The slices an adapted model's own click answers are trusted on: the sizes and
+    intensity mappings of the whole slices it was trained and checked on (elsewhere the
+    session keeps the click search)."""
+    sides = [max(e.size) for e in examples if e.view == "slice"]
+    kinds = sorted({"ct" if is_fixed_window(s.mapping) else "mr" for s in sessions})
+    return PointDomain(min(sides), max(sides), tuple(kinds))
+
+
 def _scores(result: TrainingResult, epoch: int) -> dict[str, float | None]:
     row = result.epochs[epoch]
     return {"box": row.box, "click": row.click, "score": row.score}
@@ -236,6 +272,7 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
     if result.cancelled:
         raise AdaptError("cancelled: nothing was saved")
     native_clicks = bool(clicks) and clicks["adapted_one_call"] > clicks["base_click_search"]
+    domain = point_domain(examples, sessions) if native_clicks else None
     report = AdaptReport(
         name=name, base=model.spec.name, saved=False, labels=[int(v) for v in values],
         scans=len(pairs), examples=len(examples), train_examples=len(train),
@@ -245,9 +282,8 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
         heldout_after=_scores(result, result.best_epoch),
         embed_seconds=round(embed_seconds, 2), train_seconds=round(result.seconds, 2),
         extra={"heldout_clicks": clicks, "answers_clicks": native_clicks})
-    if not result.improved:
-        report.reason = ("no epoch beat the base model on the held-out examples: nothing "
-                         "was saved")
+    keep, report.reason = worth_keeping(result, native_clicks)
+    if not keep:
         return report
     names = {int(v): (label_names or {}).get(int(v), pairs[0].image.label_names.get(int(v), ""))
              for v in values}
@@ -263,7 +299,8 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
             "heldout_after": report.heldout_after, "zoom": zoom,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     card["answers_clicks"], card["heldout_clicks"] = native_clicks, clicks
+    card["point_domain"] = domain.to_json() if domain is not None else None
     spec = save_adapted_model(name, model.spec, image_encoder, trainer.module,
-                              answers_points=native_clicks, card=card)
+                              answers_points=native_clicks, point_domain=domain, card=card)
     report.saved, report.model_dir = True, str(spec.directory)
     return report

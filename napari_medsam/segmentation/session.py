@@ -69,7 +69,7 @@ class SegmentationSession:
         before. Settable at any time (``session.zoom = "off"``).
     roi_policy
         The rule's parameters (default :data:`~napari_medsam.segmentation.roi.DEFAULT_POLICY`,
-        chosen by measurement, ``docs/evaluation.md``).
+        chosen by measurement, ``docs/speed_accuracy.md``).
 
     Attributes
     ----------
@@ -104,6 +104,7 @@ class SegmentationSession:
         self.roi_encoder_calls = 0
         self._crops: dict[tuple, list[Crop]] = {}
         self._crops_lock = threading.Lock()
+        self._warned_point_domain = False
 
     @property
     def zoom(self) -> str:
@@ -338,7 +339,7 @@ class SegmentationSession:
         if not boxes and not positives:
             return None
         mask = None
-        if (positives or negatives) and self.native_clicks:
+        if (positives or negatives) and self.native_clicks_on(ref):
             mask = self._native_clicks(ref, boxes.pop() if boxes else None, positives,
                                        negatives)
         elif positives or negatives:
@@ -360,12 +361,23 @@ class SegmentationSession:
             mask = box_mask if mask is None else (mask | box_mask)
         return mask
 
-    @property
-    def native_clicks(self) -> bool:
-        """Whether the model answers clicks itself (an adapted model): one decoder call per
-        prompt instead of the click search that box-only models need."""
+    def native_clicks_on(self, ref: SliceRef) -> bool:
+        """Whether the model answers clicks on ``ref`` itself (an adapted model, on slices
+        like those its click answers were checked on): one decoder call per prompt instead
+        of the click search that box-only models need."""
         spec = getattr(self.model, "spec", None)
-        return spec is not None and spec.answers("point")
+        if spec is None or not spec.answers("point"):
+            return False
+        shape = tuple(np.delete(self.volume.shape, ref.axis))
+        intensity = "ct" if is_fixed_window(self.mapping) else "mr"
+        if spec.answers_points_on(shape, intensity):
+            return True
+        if not self._warned_point_domain:
+            self._warned_point_domain = True
+            logger.info("%s answered clicks itself on %s; this scan's slices are %s %s px: "
+                        "clicks use the click search", spec.name,
+                        spec.point_domain.describe(), intensity.upper(), max(shape))
+        return False
 
     def _native_clicks(self, ref: SliceRef, box: Box | None,
                        positives: Sequence[tuple[float, float]],
@@ -388,7 +400,7 @@ class SegmentationSession:
     @property
     def click_ranking(self) -> str:
         """How clicks choose among candidate masks: ``"learned"`` under a fixed CT window
-        (better there, docs/clicks.md), the hand-made ``"rule"`` otherwise (MRI)."""
+        (better there, measured on CT organs), the hand-made ``"rule"`` otherwise (MRI)."""
         return "learned" if is_fixed_window(self.mapping) else "rule"
 
     def prefetch(self, ref: SliceRef, radius: int = 2):
