@@ -7,7 +7,7 @@ Run under Xvfb:
 
 Builds a 300x512x512 uint16 label map holding five ellipsoid organs (about 1.6 % of the
 voxels labelled) as a Labels layer of a napari viewer, and lets the widget's
-:class:`~napari_medsam._autosave.Autosaver` follow it (recovery files in a temporary
+:class:`~napari_medsam._qt.autosave.Autosaver` follow it (recovery files in a temporary
 ``NAPARI_MEDSAM_CACHE``). Then, ``--repeats`` times each:
 
 - *2D accept*: one slice written with ``Labels.data_setitem`` (what Accept does), then an
@@ -94,7 +94,7 @@ def run(slices: int, repeats: int) -> dict:
     from napari import Viewer
     from qtpy.QtCore import QCoreApplication, QTimer
 
-    from napari_medsam._autosave import Autosaver
+    from napari_medsam._qt.autosave import Autosaver
     from napari_medsam.engine.disk_cache import array_digest
     from napari_medsam.io.recovery import RecoveryStore
 

@@ -36,8 +36,8 @@ def main() -> None:
     from scipy import ndimage
 
     from napari_medsam._prompt_layers import BOXES_LAYER, CLICKS_LAYER
+    from napari_medsam._qt.widget import SegmentWidget
     from napari_medsam._sample_data import sample_ct
-    from napari_medsam._widget import SegmentWidget
     from napari_medsam.segmentation import SliceRef
 
     def wait(cond, timeout=120.0):

@@ -1,4 +1,4 @@
-"""Qt event-loop latency while the widget's "Embed volume" runs (issue 7: is the UI usable?).
+"""Qt event-loop latency while the widget's "Embed volume" runs (is the UI usable?).
 
 Run under Xvfb:
 
@@ -155,8 +155,8 @@ def main() -> int:
 
     import napari
 
+    from napari_medsam._qt.widget import SegmentWidget
     from napari_medsam._reader import read_layers
-    from napari_medsam._widget import SegmentWidget
 
     viewer = napari.Viewer(show=True)
     try:

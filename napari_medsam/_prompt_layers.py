@@ -8,7 +8,7 @@ there), in whichever axis the viewer slices.
 from __future__ import annotations
 
 import numpy as np
-from napari.layers import Image, Points, Shapes
+from napari.layers import Image, Labels, Points, Shapes
 
 from napari_medsam.segmentation import SliceRef
 
@@ -100,3 +100,18 @@ def add_prompt_layers(viewer, image: Image) -> tuple[Shapes, Points]:
         viewer.layers[name].scale = image.scale
         viewer.layers[name].translate = image.translate
     return viewer.layers[BOXES_LAYER], viewer.layers[CLICKS_LAYER]
+
+
+def draw_preview(preview: Labels, old: SliceRef | None, ref: SliceRef | None,
+                 mask: np.ndarray | None) -> None:
+    """Show ``mask`` on slice ``ref`` of the preview layer, clearing only slice ``old`` (the
+    one drawn last time) first; ``mask`` None: nothing new is drawn."""
+    if old is not None:
+        key: list = [slice(None)] * 3
+        key[old.axis] = old.index
+        preview.data[tuple(key)] = 0
+    if mask is not None and ref is not None:
+        key = [slice(None)] * 3
+        key[ref.axis] = ref.index
+        preview.data[tuple(key)] = mask.astype(np.uint8)
+    preview.refresh()

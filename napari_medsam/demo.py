@@ -36,8 +36,8 @@ def _wait(condition, timeout: float, what: str) -> None:
 
 def open_demo(viewer, device: str = "auto"):
     """Add the sample CT (and its reference, hidden) and dock the widget; return it."""
+    from napari_medsam._qt.widget import SegmentWidget
     from napari_medsam._sample_data import sample_ct
-    from napari_medsam._widget import SegmentWidget
 
     (image_data, image_kwargs, _), (label_data, label_kwargs, _) = sample_ct()
     viewer.add_image(image_data, **image_kwargs)

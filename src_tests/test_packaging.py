@@ -57,7 +57,7 @@ def test_runtime_never_imports_torch(litemedsam):
             "m = load_model('litemedsam', device='cpu', auto_export=False)\n"
             "e = m.embed(np.tile(np.arange(128, dtype=np.uint8), (100, 1)))\n"
             "m.predict(e, box=(10, 10, 60, 60))\n"
-            "import napari_medsam._widget, napari_medsam._reader, napari_medsam._writer\n"
+            "import napari_medsam._qt.widget, napari_medsam._reader, napari_medsam._writer\n"
             "assert 'torch' not in sys.modules, 'torch imported at run time'\n"
             "assert 'onnx' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8",

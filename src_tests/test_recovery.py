@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import case_dir, label_names
+from helpers import case_dir, label_names
 
 from napari_medsam.engine.disk_cache import array_digest
 from napari_medsam.io import read_volume
@@ -179,7 +179,7 @@ def test_mirror_made_while_the_labels_are_edited(scan):
 def test_rows_of_napari_paint_events(scan):
     from napari.layers import Labels
 
-    from napari_medsam._paint_events import rows_of_edit
+    from napari_medsam.segmentation.annotation_paint import rows_of_edit
 
     _, reference, _ = scan
     layer = Labels(reference.copy())
@@ -218,8 +218,8 @@ def store(tmp_path, monkeypatch):
 
 def _open(make_napari_viewer, qtbot):
     """A fresh viewer with the real scan read from disk and the Segment widget."""
+    from napari_medsam._qt.widget import SegmentWidget
     from napari_medsam._reader import read_layers
-    from napari_medsam._widget import SegmentWidget
 
     viewer = make_napari_viewer()
     ((data, kwargs, kind),) = read_layers(case_dir(CASE) / "image.nii.gz")

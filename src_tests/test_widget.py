@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dice
+from helpers import dice
 
 from napari_medsam._orientation import viewer_camera
+from napari_medsam._qt.widget import BOXES_LAYER, SegmentWidget
 from napari_medsam._sample_data import sample_ct
-from napari_medsam._widget import BOXES_LAYER, SegmentWidget
 
 pytestmark = pytest.mark.gui
 LIVER, SPLEEN = 5, 1
@@ -137,7 +137,7 @@ def test_one_positive_click_segments_the_organ(ready, qtbot):
 
 
 def test_existing_labels_layer_and_object_list_follow_undo_and_paint(ready, qtbot):
-    from napari_medsam._widget import NEW_LABELS, label_counts
+    from napari_medsam._qt.widget import NEW_LABELS, label_counts
 
     viewer, widget, layer, reference = ready
     existing = viewer.add_labels(reference.copy(), name="previous session",
@@ -185,8 +185,8 @@ def test_propagate_streams_then_accepts_as_one_undo_step(ready, qtbot):
     panel.propagate()
     assert panel.running
     _wait_idle(panel, qtbot)
-    assert panel.pending is not None and panel.pending["kind"] == "slices"
-    masks = panel.pending["masks"]
+    assert panel.pending is not None and panel.pending.kind == "slices"
+    masks = panel.pending.masks
     assert z not in masks  # the anchor is never re-segmented
     assert len([i for i, m in masks.items() if m.any()]) >= 10
     assert np.array_equal(target.data, after_2d)  # nothing written before Accept 3D
@@ -210,7 +210,7 @@ def test_cancel_mid_propagation_leaves_labels_untouched(ready, qtbot):
     panel.cancel()
     _wait_idle(panel, qtbot)
     assert np.array_equal(target.data, before)
-    done = panel.pending["masks"]
+    done = panel.pending.masks
     assert 1 <= len(done) < (reference == LIVER).any(axis=(1, 2)).sum()
     assert "cancelled" in panel.info.text()
     panel.reject()

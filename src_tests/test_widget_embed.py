@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dice
+from helpers import dice
 
-from napari_medsam._embed_panel import backend_choices
 from napari_medsam._prompt_layers import BOXES_LAYER, CLICKS_LAYER, PREVIEW_LAYER
+from napari_medsam._qt.embed_panel import backend_choices
+from napari_medsam._qt.widget import SegmentWidget
 from napari_medsam._sample_data import sample_ct
-from napari_medsam._widget import SegmentWidget
 from napari_medsam.segmentation import SliceRef
 
 pytestmark = pytest.mark.gui

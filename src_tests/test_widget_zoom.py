@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import case_dir, dice, largest_slice
-from test_widget import _rectangle
+from helpers import case_dir, dice, largest_slice
+from helpers import rectangle as _rectangle
 
+from napari_medsam._qt.widget import BOXES_LAYER, SegmentWidget
 from napari_medsam._reader import read_layers
-from napari_medsam._widget import BOXES_LAYER, SegmentWidget
 
 pytestmark = pytest.mark.gui
 ANTERIOR = 1

@@ -4,9 +4,10 @@ it is opened again, and the autosave that writes them.
 :class:`RecoveryBar` is the small non-modal bar of the widget: when a scan is opened it
 computes the scan's digest on a worker, and if a recovery file exists it offers *Restore*
 (the labels come back as a Labels layer on the scan's geometry, with their names and
-colours) or *Discard*. It owns the widget's :class:`~napari_medsam._autosave.Autosaver`
-(re-exported here, like :func:`~napari_medsam._paint_events.rows_of_edit`), which autosaves
-the target labels; autosave waits until the user chooses, so the offered file is never
+colours) or *Discard*. It owns the widget's :class:`~napari_medsam._qt.autosave.Autosaver`
+(re-exported here, like
+:func:`~napari_medsam.segmentation.annotation_paint.rows_of_edit`), which autosaves the
+target labels; autosave waits until the user chooses, so the offered file is never
 overwritten by new work.
 """
 
@@ -24,10 +25,10 @@ from napari.utils.notifications import show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from napari_medsam._autosave import Autosaver
-from napari_medsam._paint_events import rows_of_edit
+from napari_medsam._qt.autosave import Autosaver
 from napari_medsam.engine.cache_keys import array_digest
 from napari_medsam.io.recovery import RecoveredLabels, RecoveryInfo, RecoveryStore
+from napari_medsam.segmentation.annotation_paint import rows_of_edit
 
 logger = logging.getLogger(__name__)
 

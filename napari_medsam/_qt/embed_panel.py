@@ -7,6 +7,10 @@ slices later need no encoder call. Progress (slices done/total, rate, ETA) arriv
 Qt signal; Cancel stops between slices and keeps what is done. While the widget decodes a
 prompt the embedding is paused (:meth:`EmbedPanel.hold` / :meth:`EmbedPanel.release`), so
 that the interactive call gets the cores.
+
+The panel holds the annotation model (its session) and the viewer; it reports upward through
+Qt signals: :attr:`EmbedPanel.backend_chosen`, :attr:`EmbedPanel.session_reset`,
+:attr:`EmbedPanel.status`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
+from napari_medsam._qt.slices import current_slice
 from napari_medsam.engine.backends import (
     AUTO,
     BACKENDS,
@@ -41,8 +46,8 @@ from napari_medsam.engine.disk_cache import cache_size, clear_cache, embeddings_
 from napari_medsam.segmentation import SliceRef
 
 if TYPE_CHECKING:
-    from napari_medsam._widget import SegmentWidget
     from napari_medsam.engine.volume_embedding import EmbedProgress, EmbedSummary
+    from napari_medsam.segmentation.annotation import AnnotationModel
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +64,12 @@ class EmbedPanel(QGroupBox):
 
     Parameters
     ----------
-    owner
-        The :class:`~napari_medsam._widget.SegmentWidget` whose session is embedded; the
-        backend combo calls its ``set_backend``.
+    annotation
+        The annotation model whose session is embedded.
+    viewer
+        The napari viewer (the displayed slice and axis).
+    backend
+        The backend the combo shows first.
     """
 
     #: An :class:`~napari_medsam.engine.volume_embedding.EmbedProgress` from the worker
@@ -69,10 +77,17 @@ class EmbedPanel(QGroupBox):
     progress_changed = Signal(object)
     #: Emitted on the GUI thread when a run ends: its ``EmbedSummary`` (None after an error).
     embedding_done = Signal(object)
+    #: The user chose a backend (its name): the model is to be reloaded on it.
+    backend_chosen = Signal(str)
+    #: The disk cache was cleared: the session is to be made anew (its disk stores too).
+    session_reset = Signal()
+    #: A line for the widget's status.
+    status = Signal(str)
 
-    def __init__(self, owner: SegmentWidget) -> None:
+    def __init__(self, annotation: AnnotationModel, viewer, backend: str = AUTO) -> None:
         super().__init__("Speed")
-        self.owner = owner
+        self.annotation = annotation
+        self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()
         self._embedder = None  # the running VolumeEmbedder (set from the worker thread)
@@ -81,13 +96,13 @@ class EmbedPanel(QGroupBox):
 
         self.backend_combo = QComboBox()
         self.backend_combo.addItems(backend_choices())
-        self.backend_combo.setCurrentText(owner.backend if owner.backend in BACKENDS else AUTO)
+        self.backend_combo.setCurrentText(backend if backend in BACKENDS else AUTO)
         tip = ("Inference backend: auto = ONNX Runtime on a CUDA GPU, else OpenVINO when "
                "installed, else ONNX Runtime on the CPU. Changing it reloads the model.")
         if not openvino_available():
             tip += f" OpenVINO (faster on CPUs) is not installed: {OPENVINO_HINT}"
         self.backend_combo.setToolTip(tip)
-        self.backend_combo.currentTextChanged.connect(owner.set_backend)
+        self.backend_combo.currentTextChanged.connect(self.backend_chosen.emit)
         self.cache_spin = QSpinBox()
         self.cache_spin.setRange(16, 65536)
         self.cache_spin.setSingleStep(64)
@@ -150,7 +165,7 @@ class EmbedPanel(QGroupBox):
         self.cancel_button.setEnabled(running)
 
     def _on_cache_budget(self, value: int) -> None:
-        session = self.owner.session
+        session = self.annotation.session
         if session is not None:
             session.cache.resize(value * MIB)
 
@@ -172,9 +187,8 @@ class EmbedPanel(QGroupBox):
     # ------------------------------------------------------------------ embedding
     def embed_volume(self) -> None:
         """Embed every slice along the displayed axis on a worker thread."""
-        owner = self.owner
-        ref = owner.current_slice()
-        if owner.session is None or ref is None:
+        ref = current_slice(self.viewer, self.annotation.image)
+        if self.annotation.session is None or ref is None:
             show_warning("MedSAM: load a model and show a 2D slice first")
             return
         if self.running:
@@ -182,7 +196,7 @@ class EmbedPanel(QGroupBox):
             return
         # a frozen view of the session: a window change meanwhile must not file these
         # embeddings under the new mapping's keys (it also cancels the run)
-        session = copy.copy(owner.session)
+        session = copy.copy(self.annotation.session)
         axis, start = ref.axis, ref.index
         cancel = self._cancel.is_set
         self._cancel.clear()
@@ -252,7 +266,7 @@ class EmbedPanel(QGroupBox):
             self.refresh_disk_size()
             return
         logger.info("cleared the embedding disk cache (%s)", format_bytes(freed))
-        self.owner._on_image_change()  # a fresh session: its disk stores start over
+        self.session_reset.emit()  # a fresh session: its disk stores start over
         self.info.setText(f"Disk cache cleared ({format_bytes(freed)} freed).")
         self.refresh_disk_size()
 
@@ -269,7 +283,7 @@ class EmbedPanel(QGroupBox):
                     f"({summary.encoded} encoded{rate}{disk}).")
         self.progress.setFormat(f"{summary.done}/{summary.total} slices")
         self.info.setText(text)
-        self.owner._set_status(text)
+        self.status.emit(text)
         self.embedding_done.emit(summary)
 
     def _on_error(self, exc: Exception) -> None:

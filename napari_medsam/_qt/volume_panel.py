@@ -5,13 +5,18 @@ Thin Qt glue over :mod:`napari_medsam.segmentation.propagation` and
 preview layer as they are done, Cancel stops between slices (what was done stays in the
 preview), and Accept writes the whole result into the labels as one undoable edit. Nothing
 touches the labels before Accept.
+
+The jobs, the pending result and the 3D edit live in the Qt-free annotation model
+(:mod:`napari_medsam.segmentation.annotation_jobs`, :mod:`~.annotation_edits`); the panel
+holds the annotation model and the viewer and reports upward through Qt signals (:attr:`status`,
+:attr:`labels_changed`).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,33 +34,59 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medsam._prompt_layers import BOXES_LAYER, PREVIEW_LAYER, boxes_on_slice
-from napari_medsam.segmentation import SliceRef, replace_object
+from napari_medsam._qt.slices import current_slice
+from napari_medsam.segmentation.annotation_edits import (
+    ADDED,
+    KEPT,
+    REMOVED,
+    Pending3D,
+    PendingRefine,
+    refine_diff,
+)
+from napari_medsam.segmentation.annotation_jobs import (
+    Progress,
+    SliceDone,
+    box_job,
+    bulk_job,
+    propagate_job,
+)
 
 if TYPE_CHECKING:
-    from napari_medsam._widget import SegmentWidget
+    from napari_medsam.segmentation import SegmentationSession, SliceRef
+    from napari_medsam.segmentation.annotation import AnnotationModel
 
 logger = logging.getLogger(__name__)
 
-#: Preview values: the object, voxels a refine adds, voxels it removes.
-KEPT, ADDED, REMOVED = 1, 2, 3
 DIFF_COLORS = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
                                               KEPT: "#ffd700", ADDED: "#33ff66",
                                               REMOVED: "#ff3355"})
 
 
 class VolumePanel(QGroupBox):
-    """Buttons and state for the 3D operations of one :class:`SegmentWidget`."""
+    """Buttons of the 3D operations on an :class:`AnnotationModel`'s current object.
+
+    Parameters
+    ----------
+    annotation
+        The annotation model: session, current object, anchors, overwrite rule, target
+        labels and the pending 3D result.
+    viewer
+        The napari viewer (the displayed slice, the boxes and preview layers).
+    """
 
     #: (done, total) from a worker thread; delivered on the GUI thread.
     progress_changed = Signal(int, int)
+    #: A line for the widget's status.
+    status = Signal(str)
+    #: Accept 3D wrote into the target labels.
+    labels_changed = Signal()
 
-    def __init__(self, owner: SegmentWidget) -> None:
+    def __init__(self, annotation: AnnotationModel, viewer) -> None:
         super().__init__("3D")
-        self.owner = owner
+        self.annotation = annotation
+        self.viewer = viewer
         self._worker = None
         self._cancel = threading.Event()
-        self.pending: dict | None = None  # what Accept 3D would write
-        self.anchors: dict[tuple[int, int], set[int]] = {}  # (label, axis) -> slice indices
 
         self.propagate_button = QPushButton("Propagate")
         self.propagate_button.setToolTip(
@@ -112,6 +143,11 @@ class VolumePanel(QGroupBox):
     def running(self) -> bool:
         return self._worker is not None
 
+    @property
+    def pending(self) -> Pending3D | None:
+        """What Accept 3D would write (the annotation model's pending result)."""
+        return self.annotation.pending
+
     def _set_running(self, running: bool) -> None:
         for button in (self.propagate_button, self.box_button, self.refine_button,
                        self.fill_button):
@@ -128,42 +164,37 @@ class VolumePanel(QGroupBox):
             self.first_spin.setValue(max(0, index - 5))
             self.last_spin.setValue(min(size - 1, index + 5))
 
-    def add_anchor(self, label: int, axis: int, index: int) -> None:
-        """Mark slice ``index`` of object ``label`` as user-made (propagation keeps it)."""
-        self.anchors.setdefault((label, axis), set()).add(int(index))
-
     # ------------------------------------------------------------------ helpers
-    def _context(self):
-        owner = self.owner
-        ref = owner.current_slice()
-        if owner.session is None or ref is None:
+    def _context(self) -> tuple[SegmentationSession, SliceRef, int] | None:
+        ref = current_slice(self.viewer, self.annotation.image)
+        session = self.annotation.session
+        if session is None or ref is None:
             show_warning("MedSAM: load a model and show a 2D slice first")
             return None
         if self.running:
             show_warning("MedSAM: a 3D operation is running; cancel it first")
             return None
-        return owner.session, ref, owner.label_spin.value()
+        return session, ref, self.annotation.label
 
     def _preview(self):
-        return self.owner.viewer.layers[PREVIEW_LAYER]
+        return self.viewer.layers[PREVIEW_LAYER]
 
     def _clear_preview(self) -> None:
-        owner = self.owner
-        owner.preview_ref, owner.preview_mask = None, None
-        if PREVIEW_LAYER in owner.viewer.layers:
+        self.annotation.clear_preview()
+        if PREVIEW_LAYER in self.viewer.layers:
             preview = self._preview()
             preview.data[...] = 0
             preview.refresh()
 
-    def _start(self, job) -> None:
+    def _start(self, job, *, streams: bool) -> None:
         self._cancel.clear()
         self._clear_preview()
         self._preview().colormap = DIFF_COLORS
-        self.pending = None
+        self.annotation.pending = None
         self._set_running(True)
         connect = {"returned": self._on_returned, "errored": self._on_error,
                    "finished": self._on_finished}
-        if inspect.isgeneratorfunction(job):
+        if streams:
             connect["yielded"] = self._on_yielded
         worker = create_worker(job, _connect=connect, _start_thread=False)
         self._worker = worker
@@ -173,33 +204,27 @@ class VolumePanel(QGroupBox):
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
 
-    def _on_yielded(self, item) -> None:
-        if item[0] == "progress":
-            self._show_progress(item[1], item[2])
+    def _on_yielded(self, item: SliceDone | Progress) -> None:
+        if isinstance(item, Progress):
+            self._show_progress(item.done, item.total)
             return
-        _, axis, index, mask = item  # one propagated slice
         preview = self._preview()
         key = [slice(None)] * 3
-        key[axis] = index
-        preview.data[tuple(key)] = np.where(mask, KEPT, 0).astype(preview.data.dtype)
+        key[item.axis] = item.index
+        preview.data[tuple(key)] = np.where(item.mask, KEPT, 0).astype(preview.data.dtype)
         preview.refresh()
 
-    def _on_returned(self, pending) -> None:
-        self.pending = pending
+    def _on_returned(self, pending: Pending3D | None) -> None:
+        self.annotation.pending = pending
         if pending is None:
             return
         preview = self._preview()
-        if pending["kind"] == "refine":
-            result = pending["result"]
-            diff = np.zeros(preview.data.shape, dtype=preview.data.dtype)
-            diff[result.mask & ~result.added] = KEPT
-            diff[result.added] = ADDED
-            diff[result.removed] = REMOVED
-            preview.data = diff
+        if isinstance(pending, PendingRefine):
+            preview.data = refine_diff(pending.result, preview.data.dtype)
         preview.colormap = DIFF_COLORS
         preview.refresh()
-        self.info.setText(pending["summary"])
-        self.owner._set_status(pending["summary"] + " Accept 3D or Reject.")
+        self.info.setText(pending.summary)
+        self.status.emit(pending.summary + " Accept 3D or Reject.")
 
     def _on_error(self, exc: Exception) -> None:
         show_error(f"MedSAM: {exc}")
@@ -210,45 +235,21 @@ class VolumePanel(QGroupBox):
         self._set_running(False)
 
     # ------------------------------------------------------------------ operations
-    def _anchor_masks(self, labels_data, label: int, ref: SliceRef) -> dict[int, np.ndarray]:
-        indices = set(self.anchors.get((label, ref.axis), set()))
-        current = np.take(labels_data, ref.index, axis=ref.axis) == label
-        if current.any():
-            indices.add(ref.index)
-        return {i: np.take(labels_data, i, axis=ref.axis) == label for i in sorted(indices)}
-
     def propagate(self) -> None:
         """Propagate the current object from its anchor slices along the displayed axis."""
         context = self._context()
         if context is None:
             return
         session, ref, label = context
-        labels = self.owner.target_labels(create=False)
-        anchors = self._anchor_masks(labels.data, label, ref) if labels is not None else {}
-        anchors = {i: m for i, m in anchors.items() if m.any()}
+        labels = self.annotation.target
+        anchors = ({} if labels is None else
+                   self.annotation.anchor_masks(labels.data, label, ref))
         if not anchors:
             show_warning(f"MedSAM: object {label} has no accepted slice along this axis yet; "
                          "accept a mask on a slice first")
             return
-        from napari_medsam.segmentation.propagation import propagate
-
-        size = session.volume.shape[ref.axis]
-        cancel = self._cancel.is_set
-
-        def job():
-            masks: dict[int, np.ndarray] = {}
-            stops = []
-            for done, result in enumerate(propagate(session, ref.axis, anchors, start=ref.index,
-                                                    cancel=cancel), start=1):
-                if result.stopped:
-                    stops.append(f"{result.stopped} at {result.index}")
-                else:
-                    masks[result.index] = result.mask
-                yield ("slice", ref.axis, result.index, result.mask)
-                yield ("progress", min(done + len(anchors), size), size)
-            return self._slices_pending(label, ref.axis, masks, stops, cancel())
-
-        self._start(job)
+        self._start(partial(propagate_job, session, ref, anchors, label, self._cancel.is_set),
+                    streams=True)
 
     def box_3d(self) -> None:
         """The box drawn on this slice, through the slice range of the spin boxes."""
@@ -256,8 +257,8 @@ class VolumePanel(QGroupBox):
         if context is None:
             return
         session, ref, label = context
-        boxes = boxes_on_slice(self.owner.viewer.layers[BOXES_LAYER], ref) \
-            if BOXES_LAYER in self.owner.viewer.layers else []
+        boxes = boxes_on_slice(self.viewer.layers[BOXES_LAYER], ref) \
+            if BOXES_LAYER in self.viewer.layers else []
         if not boxes:
             show_warning("MedSAM: draw a box on this slice first")
             return
@@ -266,70 +267,30 @@ class VolumePanel(QGroupBox):
             show_warning(f"MedSAM: the displayed slice {ref.index} is outside the range "
                          f"{first}..{last}")
             return
-        from napari_medsam.segmentation.propagation import box_range
+        self._start(partial(box_job, session, ref, boxes[-1], first, last, label,
+                            self._cancel.is_set), streams=True)
 
-        cancel = self._cancel.is_set
-        box = boxes[-1]
-
-        def job():
-            masks: dict[int, np.ndarray] = {}
-            total = last - first + 1
-            for done, result in enumerate(box_range(session, ref.axis, ref.index, box, first,
-                                                    last, cancel=cancel), start=1):
-                masks[result.index] = result.mask
-                yield ("slice", ref.axis, result.index, result.mask)
-                yield ("progress", done, total)
-            return self._slices_pending(label, ref.axis, masks, [], cancel())
-
-        self._start(job)
-
-    def _bulk(self, which: str) -> None:
+    def _bulk(self, fill: bool) -> None:
         context = self._context()
         if context is None:
             return
         session, ref, label = context
-        labels = self.owner.target_labels(create=False)
+        labels = self.annotation.target
         if labels is None or not (labels.data == label).any():
             show_warning(f"MedSAM: object {label} is empty; pick an existing object")
             return
-        from napari_medsam.segmentation import bulk
-
-        function = bulk.refine_label if which == "refine" else bulk.fill_gaps
         data = np.asarray(labels.data).copy()  # the user may paint meanwhile
-        cancel = self._cancel.is_set
-        keep = not self.owner.overwrite_check.isChecked()
-
-        def job():
-            result = function(session, data, label, ref.axis, cancel=cancel,
-                              progress=self.progress_changed.emit, keep_others=keep)
-            if cancel():
-                return None
-            name = "Refine" if which == "refine" else "Fill gaps"
-            summary = (f"{name} of object {label}: +{int(result.added.sum())} / "
-                       f"-{int(result.removed.sum())} voxels.")
-            return {"kind": "refine", "label": label, "result": result, "summary": summary}
-
-        self._start(job)
+        self._start(partial(bulk_job, session, data, label, ref.axis, fill=fill,
+                            keep_others=not self.annotation.overwrite, cancel=self._cancel.is_set,
+                            progress=self.progress_changed.emit), streams=False)
 
     def refine(self) -> None:
         """Re-segment every slice of the current object; preview the difference."""
-        self._bulk("refine")
+        self._bulk(fill=False)
 
     def fill_gaps(self) -> None:
         """Segment the unlabelled slices inside the current object."""
-        self._bulk("fill")
-
-    @staticmethod
-    def _slices_pending(label: int, axis: int, masks: dict[int, np.ndarray], stops: list[str],
-                        cancelled: bool) -> dict:
-        summary = (f"Object {label}: {sum(1 for m in masks.values() if m.any())} slices "
-                   f"segmented along axis {axis}")
-        if stops:
-            summary += f" (stopped: {', '.join(stops)})"
-        if cancelled:
-            summary += " (cancelled: the slices done so far are kept in the preview)"
-        return {"kind": "slices", "label": label, "axis": axis, "masks": masks,
-                "summary": summary + "."}
+        self._bulk(fill=True)
 
     def cancel(self) -> None:
         """Stop the running operation between two slices."""
@@ -337,7 +298,7 @@ class VolumePanel(QGroupBox):
 
     def reject(self) -> None:
         """Drop the 3D preview; the labels stay as they are."""
-        self.pending = None
+        self.annotation.pending = None
         self._clear_preview()
         self._preview().colormap = DIFF_COLORS
         self.info.setText("Rejected.")
@@ -346,33 +307,20 @@ class VolumePanel(QGroupBox):
     def accept(self) -> int:
         """Write the 3D preview into the labels as one undoable edit; returns voxels changed."""
         pending = self.pending
-        labels = self.owner.target_labels(create=pending is not None)
+        labels = self.annotation.target_labels(create=pending is not None)
         if pending is None or labels is None:
             show_warning("MedSAM: nothing to accept in 3D")
             return 0
-        label = pending["label"]
-        overwrite = self.owner.overwrite_check.isChecked()
-        if pending["kind"] == "refine":
-            result = pending["result"]
-            edit = replace_object(labels.data, result.mask, label, overwrite=overwrite)
-        else:
-            axis, masks = pending["axis"], pending["masks"]
-            new = labels.data == label
-            region = np.zeros(labels.data.shape, dtype=bool)
-            for index, mask in masks.items():
-                key = [slice(None)] * 3
-                key[axis] = index
-                new[tuple(key)] = mask
-                region[tuple(key)] = True
-            edit = replace_object(labels.data, new, label, region=region, overwrite=overwrite)
-        if edit.count:
+        change = self.annotation.pending_change(labels.data)
+        if change.count:
             labels.visible = True  # napari updates only visible layers' slices in place
-            labels.data_setitem(edit.indices, edit.values)
-        self.pending = None
+            labels.data_setitem(change.indices, change.value)
+        self.annotation.accepted(change)  # ends the pending result
         self._clear_preview()
         self._set_running(False)
-        text = f"Accepted: {edit.count} voxels of object {label} changed (Ctrl+Z undoes it)."
+        text = (f"Accepted: {change.count} voxels of object {pending.label} changed "
+                "(Ctrl+Z undoes it).")
         self.info.setText(text)
         show_info(f"MedSAM: {text}")
-        self.owner.refresh_objects()
-        return edit.count
+        self.labels_changed.emit()
+        return change.count

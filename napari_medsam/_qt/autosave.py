@@ -3,14 +3,14 @@
 :class:`Autosaver` follows the widget's target Labels layer and keeps a private mirror of
 it (:class:`~napari_medsam.io.labels_mirror.LabelsMirror`, first copied on a worker). The
 layer's paint events (Accept, Accept 3D, brush, fill) say which rows (slices along the
-first axis) they changed (:mod:`napari_medsam._paint_events`); after :data:`AUTOSAVE_EDITS`
-edits, or :data:`AUTOSAVE_SECONDS` after the first change not yet autosaved, the UI thread
-copies only those rows into the mirror, which makes it a consistent snapshot (only the UI
-thread writes the labels), and a napari worker compresses and writes it
+first axis) they changed (:mod:`napari_medsam._qt.paint_events`); after
+:data:`AUTOSAVE_EDITS` edits, or :data:`AUTOSAVE_SECONDS` after the first change not yet
+autosaved, the UI thread copies only those rows into the mirror, which makes it a consistent
+snapshot (only the UI thread writes the labels), and a napari worker compresses and writes it
 (:class:`~napari_medsam.io.recovery.RecoveryStore`). An undo or redo says nothing about
 where it changed the labels: a worker first finds the rows that differ from the mirror, then
 the UI thread copies those. No worker ever runs while the mirror is being updated; changes
-made during a write are written next. :class:`~napari_medsam._recovery_bar.RecoveryBar`
+made during a write are written next. :class:`~napari_medsam._qt.recovery_bar.RecoveryBar`
 owns the Autosaver of the widget.
 """
 
@@ -30,7 +30,8 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from napari_medsam._paint_events import PaintEventHooks
+from napari_medsam._qt.connections import Connections
+from napari_medsam._qt.paint_events import PaintEventHooks
 from napari_medsam.io.labels_mirror import LabelsMirror
 from napari_medsam.io.recovery import (
     AUTOSAVE_EDITS,
@@ -104,6 +105,8 @@ class Autosaver(PaintEventHooks, QObject):
         self._timer = self._single_shot(int(seconds * 1000), self.autosave)
         self._soon = self._single_shot(0, self.autosave)  # after the batch's last write
         self._pass = self._single_shot(0, self._end_pass)  # ends a paint event's loop pass
+        self._connections = Connections()  # the hooks on the tracked layer
+        self.destroyed.connect(self._connections.disconnect_all)
 
     def _single_shot(self, interval_ms: int, slot) -> QTimer:
         timer = QTimer(self)
@@ -162,7 +165,7 @@ class Autosaver(PaintEventHooks, QObject):
         self._token += 1
         self._gen = self._safe_gen = self._edit_count = self._skip_set_data = 0
         for event, hook in self._hooks(labels):
-            event.connect(hook)
+            self._connections.connect(event, hook)
         worker = create_worker(LabelsMirror.copy_of, labels.data, _start_thread=False,
                                _connect={"returned": partial(self._on_copied, self._token),
                                          "errored": self._on_failed})
@@ -207,8 +210,7 @@ class Autosaver(PaintEventHooks, QObject):
         labels = self.labels
         if labels is None:
             return
-        for event, hook in self._hooks(labels):
-            event.disconnect(hook)
+        self._connections.disconnect_all()
         snapshot = self._final_snapshot()
         if snapshot is not None:
             self._jobs.append((snapshot, self._gen, self._token))
@@ -390,13 +392,10 @@ class Autosaver(PaintEventHooks, QObject):
         for digest in self._discard_after:
             self.store.discard(digest)
         self._discard_after.clear()
-        labels = self.labels
         snapshot = self._final_snapshot()
         if snapshot is not None:
             self._jobs.append((snapshot, self._gen, self._token))
-        if labels is not None:
-            for event, hook in self._hooks(labels):
-                event.disconnect(hook)
+        self._connections.disconnect_all()
         written = None
         while self._jobs:
             snapshot, _, _ = self._jobs.popleft()

@@ -1,0 +1,265 @@
+"""The annotation model behind the Segment widget (no Qt, no napari).
+
+:class:`AnnotationModel` holds what the widget and its panels share: the segmentation session
+of the current scan, the current object (label id), the overwrite rule and the zoom rule, the
+target labels, the propagation anchors (slices the user made), the 2D preview and the pending
+3D result. It computes what an accept changes (:class:`~.annotation_edits.LabelChange`) and
+emits every change through :class:`Event` objects in :attr:`AnnotationModel.events`, which the
+views (``napari_medsam._qt``) connect to; the views draw, run workers and write into napari
+layers, but keep no annotation state of their own. Like napari-animation's ``Animation`` and
+its Qt ``AnimationWidget``, the model knows nothing of its views.
+
+The scan image and the target labels are opaque objects here (the views' napari layers): the
+model reads only ``target.data``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from .annotation_edits import (
+    LabelChange,
+    Pending3D,
+    anchor_masks,
+    next_label,
+    pending_change,
+    preview_change,
+)
+from .session import SegmentationSession, SliceRef
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AnnotationEvents", "AnnotationModel", "Event"]
+
+ZOOM_RULES = ("auto", "off")
+
+
+class Event:
+    """A list of plain callbacks: :meth:`emit` calls each with its arguments, in order."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., Any]] = []
+
+    def connect(self, callback: Callable[..., Any]) -> Callable[..., Any]:
+        """Call ``callback`` on every :meth:`emit` (once, however often it is connected)."""
+        if callback not in self._callbacks:
+            self._callbacks.append(callback)
+        return callback
+
+    def disconnect(self, callback: Callable[..., Any] | None = None) -> None:
+        """Forget ``callback`` (None: every callback); unknown callbacks are ignored."""
+        if callback is None:
+            self._callbacks.clear()
+        elif callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    @property
+    def callbacks(self) -> tuple[Callable[..., Any], ...]:
+        return tuple(self._callbacks)
+
+    def emit(self, *args: Any) -> None:
+        for callback in tuple(self._callbacks):
+            callback(*args)
+
+
+@dataclass(frozen=True)
+class AnnotationEvents:
+    """The model's events and what each passes to its callbacks."""
+
+    session: Event = field(default_factory=Event)  #: the new session (or None)
+    label: Event = field(default_factory=Event)  #: the new current label id
+    overwrite: Event = field(default_factory=Event)  #: the new overwrite rule (bool)
+    zoom: Event = field(default_factory=Event)  #: the new zoom rule ("auto"/"off")
+    target: Event = field(default_factory=Event)  #: the new target labels (or None)
+    anchors: Event = field(default_factory=Event)  #: (label, axis, index) of a new anchor
+    preview: Event = field(default_factory=Event)  #: (old ref, new ref, mask) of the preview
+    pending: Event = field(default_factory=Event)  #: the new pending 3D result (or None)
+    accepted: Event = field(default_factory=Event)  #: the LabelChange just accepted
+
+    def disconnect_all(self) -> None:
+        for item in fields(self):
+            getattr(self, item.name).disconnect()
+
+
+class AnnotationModel:
+    """The state of one annotation: session, object, rules, anchors, preview, pending 3D.
+
+    Parameters
+    ----------
+    label : int
+        The first current object id.
+    overwrite : bool
+        Whether accepts paint over other objects (default: they are kept).
+    zoom : str
+        ``"auto"`` or ``"off"``: the session's region-of-interest rule.
+    """
+
+    def __init__(self, *, label: int = 1, overwrite: bool = False, zoom: str = "auto"):
+        self.events = AnnotationEvents()
+        self.image: Any = None  #: the scan the session was made from (a view's layer)
+        self._session: SegmentationSession | None = None
+        self._target: Any = None
+        self._label = int(label)
+        self._overwrite = bool(overwrite)
+        self._zoom = self._check_zoom(zoom)
+        #: (label, axis) -> slice indices the user accepted or painted on.
+        self.anchors: dict[tuple[int, int], set[int]] = {}
+        self.preview_ref: SliceRef | None = None
+        self.preview_mask: np.ndarray | None = None
+        self._pending: Pending3D | None = None
+        #: Makes a target labels layer when an accept needs one and there is none (set by
+        #: the view that owns the layers; returns the new target).
+        self.create_target: Callable[[], Any] | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def session(self) -> SegmentationSession | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: SegmentationSession | None) -> None:
+        """A new scan (or none): the preview of the old one goes."""
+        self._session = session
+        if session is not None:
+            session.zoom = self._zoom
+        self.set_preview(None, None)
+        self.events.session.emit(session)
+
+    @property
+    def label(self) -> int:
+        """The current object id."""
+        return self._label
+
+    @label.setter
+    def label(self, value: int) -> None:
+        value = int(value)
+        if value != self._label:
+            self._label = value
+            self.events.label.emit(value)
+
+    @property
+    def overwrite(self) -> bool:
+        """Whether accepts paint over other objects' voxels."""
+        return self._overwrite
+
+    @overwrite.setter
+    def overwrite(self, value: bool) -> None:
+        if bool(value) != self._overwrite:
+            self._overwrite = bool(value)
+            self.events.overwrite.emit(self._overwrite)
+
+    @property
+    def zoom(self) -> str:
+        """``"auto"`` or ``"off"``: the session's region-of-interest rule."""
+        return self._zoom
+
+    @zoom.setter
+    def zoom(self, value: str) -> None:
+        value = self._check_zoom(value)
+        if self._session is not None:
+            self._session.zoom = value
+        if value != self._zoom:
+            self._zoom = value
+            self.events.zoom.emit(value)
+
+    @staticmethod
+    def _check_zoom(value: str) -> str:
+        if value not in ZOOM_RULES:
+            raise ValueError(f"zoom must be one of {ZOOM_RULES}, got {value!r}")
+        return value
+
+    @property
+    def target(self) -> Any:
+        """The labels accepted masks go into (an object with ``data``), or None."""
+        return self._target
+
+    @target.setter
+    def target(self, labels: Any) -> None:
+        if labels is not self._target:
+            self._target = labels
+            self.events.target.emit(labels)
+
+    def target_labels(self, create: bool = False) -> Any:
+        """The target labels; with ``create``, made by :attr:`create_target` if missing."""
+        if self._target is None and create and self.create_target is not None:
+            self.target = self.create_target()
+        return self._target
+
+    # ------------------------------------------------------------------ anchors
+    def add_anchor(self, label: int, axis: int, index: int) -> None:
+        """Mark slice ``index`` of object ``label`` as user-made (propagation keeps it)."""
+        self.anchors.setdefault((int(label), int(axis)), set()).add(int(index))
+        self.events.anchors.emit(int(label), int(axis), int(index))
+
+    def anchor_masks(self, labels: np.ndarray, label: int, ref: SliceRef
+                     ) -> dict[int, np.ndarray]:
+        """Non-empty masks of ``label`` on its anchors along ``ref.axis`` (and on ``ref``)."""
+        return anchor_masks(labels, self.anchors.get((label, ref.axis), set()), label, ref)
+
+    # ------------------------------------------------------------------ preview
+    def set_preview(self, ref: SliceRef | None, mask: np.ndarray | None) -> None:
+        """The 2D preview is ``mask`` on slice ``ref`` (None: no preview)."""
+        old = self.preview_ref
+        self.preview_ref, self.preview_mask = ref, mask
+        self.events.preview.emit(old, ref, mask)
+
+    def clear_preview(self) -> None:
+        self.set_preview(None, None)
+
+    @property
+    def has_preview(self) -> bool:
+        """A non-empty 2D preview is waiting to be accepted."""
+        return (self.preview_mask is not None and self.preview_ref is not None
+                and bool(self.preview_mask.any()))
+
+    def preview_change(self, labels: np.ndarray) -> LabelChange | None:
+        """What accepting the preview changes in ``labels`` (None: no preview).
+
+        Raises ``ValueError`` when the current label id cannot be written.
+        """
+        if not self.has_preview:
+            return None
+        return preview_change(labels, self.preview_ref, self.preview_mask, self._label,
+                              overwrite=self._overwrite)
+
+    # ------------------------------------------------------------------ pending 3D
+    @property
+    def pending(self) -> Pending3D | None:
+        """What *Accept 3D* would write (None: nothing)."""
+        return self._pending
+
+    @pending.setter
+    def pending(self, value: Pending3D | None) -> None:
+        self._pending = value
+        self.events.pending.emit(value)
+
+    def pending_change(self, labels: np.ndarray) -> LabelChange | None:
+        """What accepting the pending 3D result changes in ``labels`` (None: nothing)."""
+        if self._pending is None:
+            return None
+        return pending_change(labels, self._pending, overwrite=self._overwrite)
+
+    def accepted(self, change: LabelChange, ref: SliceRef | None = None) -> None:
+        """The view wrote ``change``: a 2D accept on slice ``ref`` becomes an anchor, a 3D
+        accept ends the pending result."""
+        if ref is not None:
+            self.add_anchor(change.label, ref.axis, ref.index)
+        else:
+            self.pending = None
+        self.events.accepted.emit(change)
+
+    # ------------------------------------------------------------------ objects
+    def new_object(self, labels: np.ndarray | None) -> int:
+        """Switch to the next free label id of ``labels`` (None: no labels yet)."""
+        self.label = next_label(labels, self._label)
+        return self._label
+
+    def close(self) -> None:
+        """Forget every view's callbacks (the views are closing)."""
+        self.events.disconnect_all()
+        self.create_target = None
