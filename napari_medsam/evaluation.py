@@ -420,13 +420,13 @@ def evaluate(session: SegmentationSession, reference: np.ndarray, mode: str, *,
     names = dict(names or {})
     t_start = time.perf_counter()
     result = EvalResult(mode=mode, axis=axis, jitter=int(jitter), seed=seed,
-                        zoom=str(getattr(session, "zoom", "off")))
+                        zoom=session.zoom)
     chosen, result.skipped = _select_labels(reference, labels, names)
     for item in result.skipped:
         logger.info("skipped label %d (%s): %s", item["label"], item["name"] or "-",
                     item["reason"])
     calls_before = session.encoder_calls
-    roi_before = getattr(session, "roi_encoder_calls", 0)
+    roi_before = session.roi_encoder_calls
 
     to_embed = _slices_to_embed(reference, [lab for lab, _ in chosen], axis, mode)
     needed = len(to_embed) * _EMBEDDING_BYTES
@@ -474,7 +474,7 @@ def evaluate(session: SegmentationSession, reference: np.ndarray, mode: str, *,
         if progress is not None:
             progress(f"{tag}: Dice {score:.3f} ({seconds:.1f} s)", True)
     result.encoder_calls = session.encoder_calls - calls_before
-    result.roi_encoder_calls = getattr(session, "roi_encoder_calls", 0) - roi_before
+    result.roi_encoder_calls = session.roi_encoder_calls - roi_before
     result.seconds = time.perf_counter() - t_start
     return result
 

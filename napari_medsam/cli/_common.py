@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ class StderrProgress:
     finished steps are printed, plus an intermediate status at most every ``every`` seconds.
     """
 
-    def __init__(self, stream=None, every: float = 10.0) -> None:
+    def __init__(self, stream: TextIO | None = None, every: float = 10.0) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = bool(self.stream.isatty())
         self.every = every
         self._last = time.monotonic()
         self._open = False

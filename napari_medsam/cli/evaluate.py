@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     result.info = {"image": str(args.image), "reference": str(args.reference),
-                   "model": model.name, "device": getattr(model, "device_name", "cpu"),
+                   "model": model.name, "device": model.device_name,
                    "intensity": mapping.key, "resampled_reference": resampled}
     print(ev.format_table(result))
     if args.json:

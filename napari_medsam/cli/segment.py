@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     progress = StderrProgress()
     report = _Report(progress)
     print(f"segmenting {len(prompts)} objects in {volume.path} ({model.name} on "
-          f"{getattr(model, 'device_name', 'cpu')}, intensity {mapping.key})", file=sys.stderr)
+          f"{model.device_name}, intensity {mapping.key})", file=sys.stderr)
     labels, outcomes = apply_prompts(session, prompts, overwrite=args.overwrite,
                                      progress=report)
     progress.close()

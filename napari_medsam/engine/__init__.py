@@ -6,10 +6,19 @@ from napari_medsam.models.registry import get_spec
 
 from .model_files import ModelFileError
 from .preprocess import PromptError
-from .protocol import Embedding, Prediction, PromptModel
+from .protocol import (
+    AsyncEncoder,
+    BatchEncoder,
+    Box,
+    Click,
+    Embedding,
+    Prediction,
+    Predictor,
+    PromptModel,
+)
 
-__all__ = ["Embedding", "ModelFileError", "Prediction", "PromptError", "PromptModel",
-           "load_model"]
+__all__ = ["AsyncEncoder", "BatchEncoder", "Box", "Click", "Embedding", "ModelFileError",
+           "Prediction", "Predictor", "PromptError", "PromptModel", "load_model"]
 
 
 def load_model(name: str = "litemedsam", device: str = "auto", *, threads: int | None = None,
@@ -34,6 +43,12 @@ def load_model(name: str = "litemedsam", device: str = "auto", *, threads: int |
     precision
         OpenVINO's CPU precision: ``"auto"`` (f32), ``"f32"`` or ``"bf16"``. ONNX Runtime
         always runs the exported float32 graph and ignores it.
+
+    Returns
+    -------
+    PromptModel
+        Its ``batch_encoder`` / ``async_encoder`` say, once and for all, which faster
+        volume encoders it offers (see :mod:`.protocol`).
     """
     from .backends import OPENVINO, choose_backend
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .protocol import PromptModel
 from .slice_files import FORMAT_VERSION
 
 _HASH_CHUNK = 64 * 1024**2
@@ -45,7 +46,7 @@ def array_digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def model_digest(model) -> str:
+def model_digest(model: PromptModel) -> str:
     """sha256 of the model's encoder file (the registry's value when the file is absent)."""
     from .model_files import file_digest
 
@@ -56,9 +57,9 @@ def model_digest(model) -> str:
     return str(spec.files["encoder"].sha256)
 
 
-def model_precision(model) -> str:
+def model_precision(model: PromptModel) -> str:
     """The encoder's numeric precision (``"f32"`` for ONNX Runtime, OpenVINO's otherwise)."""
-    return str(getattr(model, "precision", "f32"))
+    return str(model.precision)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class VolumeKey:
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def volume_key(volume: np.ndarray, axis: int, mapping_key: str, model, *,
+def volume_key(volume: np.ndarray, axis: int, mapping_key: str, model: PromptModel, *,
                image_digest: str | None = None) -> VolumeKey:
     """The :class:`VolumeKey` of ``volume`` sliced along ``axis`` for ``model``.
 

@@ -53,7 +53,7 @@ from napari_medsam.paths import cache_dir
 from .cache_keys import VolumeKey, array_digest, model_digest, model_precision, volume_key
 from .cache_lock import LOCK, CacheBusyError, CacheLock
 from .preprocess import resized_shape
-from .protocol import Embedding
+from .protocol import Embedding, PromptModel
 from .slice_files import (
     FORMAT_VERSION,
     SUFFIX,
@@ -123,7 +123,8 @@ class DiskEmbeddingStore:
             self._touch()
 
     @classmethod
-    def for_volume(cls, volume: np.ndarray, axis: int, mapping_key: str, model, *,
+    def for_volume(cls, volume: np.ndarray, axis: int, mapping_key: str,
+                   model: PromptModel, *,
                    root: Path | None = None, image_digest: str | None = None
                    ) -> DiskEmbeddingStore:
         """The store of ``volume`` along ``axis`` as ``model`` sees it through a mapping."""

@@ -24,7 +24,7 @@ from napari_medsam.paths import cache_dir
 from . import providers as prov
 from .model_files import ModelFileError, ensure_model_files, file_digest
 from .preprocess import postprocess_logits, preprocess_slice, prompt_arrays
-from .protocol import Box, Embedding, Point, Prediction
+from .protocol import BatchEncoder, Box, Click, Embedding, Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class OnnxPromptModel:
         ``$NAPARI_MEDSAM_GPU_BATCH`` or 8).
     """
 
+    #: ONNX Runtime runs the exported float32 graph.
+    precision = "f32"
+
     def __init__(self, spec: ModelSpec, device: str = "auto", *, threads: int | None = None,
                  auto_export: bool = True, batch_size: int | None = None) -> None:
         import onnxruntime as ort
@@ -162,6 +165,16 @@ class OnnxPromptModel:
     @property
     def device_name(self) -> str:
         return prov.describe(self._providers)
+
+    @property
+    def batch_encoder(self) -> BatchEncoder:
+        """The batched encoder capability: this model (:meth:`encode_batch`)."""
+        return self
+
+    @property
+    def async_encoder(self) -> None:
+        """ONNX Runtime keeps no requests in flight."""
+        return None
 
     @property
     def on_gpu(self) -> bool:
@@ -321,7 +334,7 @@ class OnnxPromptModel:
         return low_res, iou
 
     def predict(self, embedding: Embedding, *, box: Box | None = None,
-                points: Sequence[Point] | None = None,
+                points: Sequence[Click] | None = None,
                 mask_input: np.ndarray | None = None, output: int = 0) -> Prediction:
         """Mask for a box and/or clicks on an embedded slice.
 

@@ -42,7 +42,7 @@ import numpy as np
 from . import providers as prov
 from .disk_cache import CacheLock, DiskEmbeddingStore, prune
 from .preprocess import to_uint8
-from .protocol import Embedding
+from .protocol import AsyncEncoder, BatchEncoder, Embedding, PromptModel
 
 logger = logging.getLogger(__name__)
 
@@ -77,31 +77,33 @@ class EncodePlan:
     input_shape: tuple[int, int, int, int]
 
 
-def encode_plan(model, parallel: bool | None = None) -> EncodePlan:
+def encode_plan(model: PromptModel, parallel: bool | None = None) -> EncodePlan:
     """The :class:`EncodePlan` for ``model`` (see the module docstring).
 
     Parameters
     ----------
     model
-        A prompt model; OpenVINO models offer ``iter_encode``, ONNX Runtime ones report
-        their execution ``providers``.
+        A prompt model; its ``async_encoder`` (OpenVINO) and ``batch_encoder`` (ONNX
+        Runtime) capabilities and the execution ``providers`` it reports decide the plan.
     parallel
         Force (True) or forbid (False) several OpenVINO requests in flight; None uses
         :data:`OPENVINO_PARALLEL` when :data:`PARALLEL_MIN_FREE` bytes are available.
     """
     size = int(model.spec.input_size)
     shape = (1, 3, size, size)
-    if hasattr(model, "iter_encode"):
+    async_encoder = model.async_encoder
+    if async_encoder is not None:
         if parallel is None:
             from .backends import available_memory_bytes
 
             free = available_memory_bytes()
             parallel = OPENVINO_PARALLEL and (free is None or free >= PARALLEL_MIN_FREE)
         if parallel:
-            return EncodePlan("openvino-async", int(model.parallel_requests), shape)
-    batched = hasattr(model, "encode_batch") and bool(getattr(model, "batching", False))
-    return plan_for_providers(list(getattr(model, "providers", [])), size,
-                              batch_size=int(getattr(model, "batch_size", 1)),
+            return EncodePlan("openvino-async", int(async_encoder.parallel_requests), shape)
+    batch_encoder = model.batch_encoder
+    batched = batch_encoder is not None and bool(batch_encoder.batching)
+    return plan_for_providers(list(model.providers), size,
+                              batch_size=batch_encoder.batch_size if batched else 1,
                               batched=batched)
 
 
@@ -249,7 +251,7 @@ class VolumeEmbedder:
         for ~110 ms on 2 cores, so a GUI keeps it (``False``) to avoid a UI stall.
     """
 
-    def __init__(self, model, volume: np.ndarray, mapping=None, axis: int = 0, *,
+    def __init__(self, model: PromptModel, volume: np.ndarray, mapping=None, axis: int = 0, *,
                  store: DiskEmbeddingStore | str | None = "auto", cache=None,
                  cache_key: Callable[[int], Hashable] | None = None,
                  parallel: bool | None = None, disk_limit: int | None = None,
@@ -265,7 +267,7 @@ class VolumeEmbedder:
         self.mapping = mapping
         self.axis = int(axis)
         self.size = int(np.shape(volume)[axis])
-        mapping_key = getattr(mapping, "key", "none") if mapping is not None else "none"
+        mapping_key = str(mapping.key) if mapping is not None else "none"
         if store == "auto":
             store = DiskEmbeddingStore.for_volume(volume, axis, mapping_key, model,
                                                   image_digest=image_digest)
@@ -273,6 +275,9 @@ class VolumeEmbedder:
         self.cache = cache
         self.cache_key = cache_key
         self.plan = encode_plan(model, parallel)
+        #: The model's volume-encoding capabilities (declared by its class, read once).
+        self._async_encoder: AsyncEncoder | None = model.async_encoder
+        self._batch_encoder: BatchEncoder | None = model.batch_encoder
         self.disk_limit = disk_limit
         self.release_after = release_after
         self.encoder_calls = 0
@@ -424,7 +429,7 @@ class VolumeEmbedder:
         finally:
             encoder.close()
             if self.plan.kind == "openvino-async" and self.release_after:
-                self.model.release_throughput()  # its buffers are only needed meanwhile
+                self._async_encoder.release_throughput()  # its buffers are only needed meanwhile
 
     def _store_all(self, encoder, todo, begin, encode_begin, done, from_disk,
                    encoded_at_start) -> Iterator[EmbedProgress]:
@@ -455,7 +460,7 @@ class VolumeEmbedder:
                 return
             index, tensor = first
             yield index, self.model.embed_preprocessed(tensor, size, self._resized).features
-            yield from self.model.iter_encode(inputs)
+            yield from self._async_encoder.iter_encode(inputs)
             return
         if self.plan.kind == "batched":
             yield from self._encode_batches(inputs)
@@ -494,8 +499,9 @@ class VolumeEmbedder:
                 if not items:
                     return
                 pending = pool.submit(take)
-                features = self.model.encode_batch(np.concatenate([t for _, t in items]))
-                if self.plan.kind == "batched" and not self.model.batching:
+                features = self._batch_encoder.encode_batch(
+                    np.concatenate([t for _, t in items]))
+                if self.plan.kind == "batched" and not self._batch_encoder.batching:
                     size = int(self.model.spec.input_size)
                     self.plan = EncodePlan("pipelined-loop", 1, (1, 3, size, size))
                     logger.info("Volume embedding goes on one slice per encoder call")
@@ -522,7 +528,7 @@ class VolumeEmbedder:
                             store_bytes=self.store.nbytes if self.store is not None else 0)
 
 
-def embed_volume(model, volume: np.ndarray, mapping=None, axis: int = 0, *,
+def embed_volume(model: PromptModel, volume: np.ndarray, mapping=None, axis: int = 0, *,
                  start: int | None = None,
                  progress: Callable[[EmbedProgress], None] | None = None,
                  cancel: Callable[[], bool] | None = None, **kwargs) -> EmbedSummary:

@@ -3,7 +3,7 @@
 :func:`refine_label` re-segments every slice of one label from its own boxes and keeps the
 existing label away from its boundary; :func:`fill_gaps` segments the unlabelled
 slices inside an object by propagation from their labelled neighbours.
-Measured on real scans: ``docs/propagation.md`` and ``benchmarks/propagation_eval.py``.
+Measured on real scans with ``benchmarks/propagation_eval.py`` (``docs/speed_accuracy.md``).
 """
 
 from __future__ import annotations

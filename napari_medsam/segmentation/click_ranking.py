@@ -6,8 +6,8 @@ fill) was chosen on an abdominal MRI. This module holds a second ranking: a line
 ten measurements of each candidate, with weights fitted on the **MRI cases only** of
 ``../shared/data`` (every second reference slice, one interior click each; a softmax over
 each click's candidates maximised the expected Dice, L2-regularised). On the CT organs, which
-it never saw, it picks better masks than the hand-made score (study and numbers:
-``docs/clicks.md``, "Learned ranking on CT"); on a held-out MRI it did not, so MRI keeps the
+it never saw, it picks better masks than the hand-made score (CT organs of the sample CT:
+0.898 against 0.879 mean Dice per click); on a held-out MRI it did not, so MRI keeps the
 hand-made score. No Qt and no napari here.
 """
 

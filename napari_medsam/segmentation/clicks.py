@@ -8,7 +8,7 @@ from its surroundings in the image (intensity contrast across its border), fill 
 came from, and have a high predicted IoU (on CT a learned score of such measurements,
 :mod:`.click_ranking`, ranks them instead). Negative clicks shrink every box so that they fall
 outside it, and components that still hold a negative (and no positive) click are removed.
-No Qt and no napari here. Measurements: ``docs/clicks.md``.
+No Qt and no napari here. Measured accuracy and cost: ``docs/speed_accuracy.md``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
+
+from napari_medsam.engine.protocol import Box, Embedding, Predictor
 
 from .click_ranking import (
     agreement,
@@ -150,6 +153,17 @@ def _exclude(box: tuple[int, int, int, int], positives: Sequence[tuple[int, int]
     return x0, y0, x1, y1
 
 
+class Decoded(NamedTuple):
+    """One decoder answer during the click search."""
+
+    #: The mask after the negative clicks were applied.
+    mask: np.ndarray
+    #: The model's predicted IoU.
+    iou: float
+    #: The decoder's logits at the slice's size (before the negative clicks).
+    logits: np.ndarray
+
+
 class _Decoder:
     """Counts decoder calls and applies the negative clicks to every prediction.
 
@@ -157,25 +171,23 @@ class _Decoder:
     negative click but no positive one are removed.
     """
 
-    def __init__(self, model, embedding, positives: list[tuple[int, int]],
-                 negatives: list[tuple[int, int]]) -> None:
+    def __init__(self, model: Predictor, embedding: Embedding,
+                 positives: list[tuple[int, int]], negatives: list[tuple[int, int]]) -> None:
         self.model = model
         self.embedding = embedding
         self.positives = positives
         self.negatives = negatives
         self.calls = 0
-        self.last_logits: np.ndarray | None = None
 
-    def __call__(self, box: tuple[int, int, int, int]):
+    def __call__(self, box: tuple[int, int, int, int]) -> Decoded:
         box = _exclude(box, self.positives, self.negatives)
         self.calls += 1
-        pred = self.model.predict(self.embedding, box=box)
-        self.last_logits = pred.logits
+        pred = self.model.predict(self.embedding, box=Box(*box))
         mask = pred.mask
         if self.negatives:
             cut = _components_at(mask, self.negatives) & ~_components_at(mask, self.positives)
             mask = mask & ~cut
-        return mask, float(pred.iou)
+        return Decoded(mask, float(pred.iou), pred.logits)
 
 
 def _grow(decode: _Decoder, seed: tuple[int, int, int, int], positives: list[tuple[int, int]],
@@ -185,7 +197,7 @@ def _grow(decode: _Decoder, seed: tuple[int, int, int, int], positives: list[tup
     previous = None
     mask, iou = None, 0.0
     for _ in range(MAX_REFITS + 1):
-        full, iou = decode(box)
+        full, iou, _ = decode(box)
         mask = _components_at(full, positives)
         if not mask.any():
             return None
@@ -197,7 +209,7 @@ def _grow(decode: _Decoder, seed: tuple[int, int, int, int], positives: list[tup
     return mask, box, iou, stability
 
 
-def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
+def segment_clicks(model: Predictor, embedding: Embedding, positives: Sequence[Sequence[float]],
                    negatives: Sequence[Sequence[float]] = (),
                    box: Sequence[float] | None = None,
                    image: np.ndarray | None = None, ranking: str = "rule") -> ClickResult:
@@ -206,7 +218,8 @@ def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
     Parameters
     ----------
     model
-        A prompt model (e.g. ``load_model("litemedsam")``) with ``predict``.
+        What answers boxes: a prompt model (e.g. ``load_model("litemedsam")``) or any
+        :class:`~napari_medsam.engine.protocol.Predictor`.
     embedding
         The slice's embedding from ``model.embed``.
     positives
@@ -243,7 +256,7 @@ def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
                          f"{shape}")
     if box is not None:
         drawn = _clip_box(*box, shape)
-        full, iou = decode(drawn)
+        full, iou, _ = decode(drawn)
         mask = _components_at(full, pos) if pos else full
         used = _exclude(drawn, pos, neg)
         if pos and not mask.any():  # the positives missed the box's mask: grow inside the box
@@ -257,10 +270,10 @@ def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
         raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
     candidates = []  # (mask, box, iou, logits)
     for seed in candidate_boxes(pos, shape):
-        full, iou = decode(seed)
+        full, iou, logits = decode(seed)
         mask = _components_at(full, pos)
         if mask.any():
-            candidates.append((mask, seed, iou, decode.last_logits))
+            candidates.append((mask, seed, iou, logits))
     if not candidates:
         return ClickResult(mask=np.zeros(shape, bool), box=None, iou=0.0, calls=decode.calls)
     masks = [c[0] for c in candidates]
@@ -283,11 +296,11 @@ def segment_clicks(model, embedding, positives: Sequence[Sequence[float]],
                  len(candidates), iou, score)
     if _touches_box(mask, seed):  # cut by its box: the object may be larger; refit once
         refit = _fit_box(mask, shape)
-        full, refit_iou = decode(refit)
+        full, refit_iou, refit_logits = decode(refit)
         grown = _components_at(full, pos)
         if grown.any():
             agree_value = agreement_with(grown, masks) if learned else None
-            if score_of(grown, refit, refit_iou, decode.last_logits, agree_value) > score:
+            if score_of(grown, refit, refit_iou, refit_logits, agree_value) > score:
                 mask, seed, iou = grown, refit, refit_iou
     return ClickResult(mask=mask, box=_exclude(seed, pos, neg), iou=iou, calls=decode.calls)
 

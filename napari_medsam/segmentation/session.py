@@ -15,7 +15,15 @@ import numpy as np
 
 from napari_medsam.engine.cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
 from napari_medsam.engine.preprocess import PromptError
-from napari_medsam.engine.protocol import Box, Embedding, Point, Prediction, PromptModel
+from napari_medsam.engine.protocol import (
+    Box,
+    Click,
+    Embedding,
+    Prediction,
+    PromptModel,
+    clicks_from,
+    split_clicks,
+)
 
 from .roi import (
     DEFAULT_POLICY,
@@ -86,9 +94,8 @@ class SegmentationSession:
         if np.ndim(volume) != 3:
             raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
         self.model = model
-        spec = getattr(model, "spec", None)  # test doubles may have none
         #: Whose embeddings the model decodes (models sharing an encoder share them).
-        self._encoder_id = spec.encoder_model if spec is not None else model.name
+        self._encoder_id = model.spec.encoder_model
         self.volume = volume
         self.mapping = mapping
         self.data_id = id(volume) if data_id is None else data_id
@@ -158,7 +165,7 @@ class SegmentationSession:
 
     def disk_store(self, axis: int):
         """The disk store of ``axis`` under the current mapping (None when disabled)."""
-        if not self.disk_cache or not hasattr(self.model, "spec"):
+        if not self.disk_cache:
             return None
         from napari_medsam.engine.disk_cache import DiskEmbeddingStore, array_digest
 
@@ -175,16 +182,21 @@ class SegmentationSession:
     def is_embedded(self, ref: SliceRef) -> bool:
         return self.cache_key(ref) in self.cache
 
-    def predict(self, ref: SliceRef, *, box: Box | None = None,
-                points: Sequence[Point] | None = None,
+    def predict(self, ref: SliceRef, *, box: Box | Sequence[float] | None = None,
+                points: Sequence[Click | Sequence[float]] | None = None,
                 mask_input: np.ndarray | None = None, zoom: bool = True) -> Prediction:
-        """A mask on slice ``ref`` for a box (x_min, y_min, x_max, y_max) and/or clicks.
+        """A mask on slice ``ref`` for a box and/or clicks.
+
+        ``box`` and ``points`` may also be plain ``(x_min, y_min, x_max, y_max)`` and
+        ``(x, y, label)`` tuples (converted here, :meth:`Box.of`, :meth:`Click.of`).
 
         With ``session.zoom == "auto"`` a box small enough for a region of interest
         (:meth:`crop_for`) is also segmented there, and the two predictions are combined
         (``roi_policy.combine``); the result has the slice's size. ``zoom=False``, a
         ``mask_input`` or a prompt without a box use the whole slice only.
         """
+        box = None if box is None else Box.of(box)
+        points = None if points is None else [Click.of(p) for p in points]
         embedding = self.embedding(ref)
         with self._model_lock:
             plain = self.model.predict(embedding, box=box, points=points,
@@ -203,8 +215,7 @@ class SegmentationSession:
         return tuple(int(s) for a, s in enumerate(self.volume.shape) if a != axis)
 
     def _input_size(self) -> int:
-        spec = getattr(self.model, "spec", None)
-        return int(getattr(spec, "input_size", 256))
+        return int(self.model.spec.input_size)
 
     def crop_key(self, ref: SliceRef, crop: Crop) -> tuple:
         """Cache key of a crop's embedding (the slice's key, the crop and the crop's grey
@@ -266,7 +277,7 @@ class SegmentationSession:
         return embedding
 
     def predict_in_crop(self, ref: SliceRef, crop: Crop, *, box: Box | None = None,
-                        points: Sequence[Point] | None = None) -> Prediction:
+                        points: Sequence[Click] | None = None) -> Prediction:
         """Predict in ``crop`` (prompts given in slice pixels); the result at slice size."""
         embedding = self.crop_embedding(ref, crop)
         crop_box = None if box is None else crop.box_to_crop(box)
@@ -297,7 +308,7 @@ class SegmentationSession:
             return pred.mask
         return hysteresis_mask(pred.logits, policy.weak_logit)
 
-    def _zoom_clicks(self, ref: SliceRef, result, positives, negatives) -> np.ndarray:
+    def _zoom_clicks(self, ref: SliceRef, result, clicks: Sequence[Click]) -> np.ndarray:
         """A click result segmented again through the ROI rule (``roi_policy.clicks``).
 
         ``"box"``: the box the click search ended with, ``"refit"``: the click mask's box
@@ -315,8 +326,8 @@ class SegmentationSession:
         box = result.box if mode == "box" else _fit_box(mask, mask.shape)
         if self.crop_for(ref, box) is None:
             return mask
-        pos = [(int(round(x)), int(round(y))) for x, y in positives]
-        neg = [(int(round(x)), int(round(y))) for x, y in negatives]
+        pos = [(int(round(c.x)), int(round(c.y))) for c in clicks if c.positive]
+        neg = [(int(round(c.x)), int(round(c.y))) for c in clicks if not c.positive]
         redone = self._box_mask(ref, box)
         if pos:
             redone = _components_at(redone, pos)
@@ -324,10 +335,14 @@ class SegmentationSession:
             redone = redone & ~(_components_at(redone, neg) & ~_components_at(redone, pos))
         return redone if redone.any() else mask
 
-    def predict_prompts(self, ref: SliceRef, boxes: Sequence[Box] = (),
+    def predict_prompts(self, ref: SliceRef, boxes: Sequence[Box | Sequence[float]] = (),
                         positives: Sequence[tuple[float, float]] = (),
-                        negatives: Sequence[tuple[float, float]] = ()) -> np.ndarray | None:
+                        negatives: Sequence[tuple[float, float]] = (), *,
+                        clicks: Sequence[Click] = ()) -> np.ndarray | None:
         """The mask for all prompts on a slice (None when there is nothing to segment).
+
+        Clicks are ``clicks`` (:class:`Click` values), or the older ``positives`` and
+        ``negatives`` lists of (x, y) (both are accepted and joined, converted here once).
 
         Boxes alone: the union of their masks. With clicks, the clicks are turned into a box
         by :func:`~napari_medsam.segmentation.clicks.segment_clicks` (LiteMedSAM answers
@@ -335,14 +350,15 @@ class SegmentationSession:
         their own masks. With ``zoom == "auto"``, small boxes (drawn or found from clicks)
         are segmented in a zoomed crop (see :meth:`predict`).
         """
-        boxes = list(boxes)
+        boxes = [Box.of(box) for box in boxes]
+        clicks = clicks_from(positives, negatives) + [Click.of(c) for c in clicks]
+        positives, negatives = split_clicks(clicks)
         if not boxes and not positives:
             return None
         mask = None
-        if (positives or negatives) and self.native_clicks_on(ref):
-            mask = self._native_clicks(ref, boxes.pop() if boxes else None, positives,
-                                       negatives)
-        elif positives or negatives:
+        if clicks and self.native_clicks_on(ref):
+            mask = self._native_clicks(ref, boxes.pop() if boxes else None, clicks)
+        elif clicks:
             from .clicks import segment_clicks
 
             embedding = self.embedding(ref)
@@ -351,11 +367,11 @@ class SegmentationSession:
             # one), which takes the model lock per call
             with nullcontext() if zoomed else self._model_lock:
                 result = segment_clicks(_SlicePredictor(self, ref) if zoomed else self.model,
-                                        embedding, list(positives), list(negatives),
+                                        embedding, positives, negatives,
                                         box=boxes.pop() if boxes else None,
                                         image=self.slice_image(ref),
                                         ranking=self.click_ranking)
-            mask = self._zoom_clicks(ref, result, positives, negatives)
+            mask = self._zoom_clicks(ref, result, clicks)
         for box in boxes:
             box_mask = self._box_mask(ref, box)
             mask = box_mask if mask is None else (mask | box_mask)
@@ -365,8 +381,8 @@ class SegmentationSession:
         """Whether the model answers clicks on ``ref`` itself (an adapted model, on slices
         like those its click answers were checked on): one decoder call per prompt instead
         of the click search that box-only models need."""
-        spec = getattr(self.model, "spec", None)
-        if spec is None or not spec.answers("point"):
+        spec = self.model.spec
+        if not spec.answers("point"):
             return False
         shape = tuple(np.delete(self.volume.shape, ref.axis))
         intensity = "ct" if is_fixed_window(self.mapping) else "mr"
@@ -380,18 +396,16 @@ class SegmentationSession:
         return False
 
     def _native_clicks(self, ref: SliceRef, box: Box | None,
-                       positives: Sequence[tuple[float, float]],
-                       negatives: Sequence[tuple[float, float]]) -> np.ndarray:
+                       points: list[Click]) -> np.ndarray:
         """Clicks (and a box) as one point prompt; with ``zoom == "auto"`` a small result
         is predicted again in its region of interest and the two are combined, as boxes
         are (two decoder calls)."""
-        points = [(x, y, 1) for x, y in positives] + [(x, y, 0) for x, y in negatives]
         pred = self.predict(ref, box=box, points=points)
         if box is not None or not pred.mask.any() or not self.roi_active(ref.axis):
             return pred.mask
         rows = np.flatnonzero(pred.mask.any(axis=1))
         cols = np.flatnonzero(pred.mask.any(axis=0))
-        crop = self.crop_for(ref, (cols[0], rows[0], cols[-1], rows[-1]))
+        crop = self.crop_for(ref, Box(cols[0], rows[0], cols[-1], rows[-1]))
         if crop is None:
             return pred.mask
         roi = self.predict_in_crop(ref, crop, points=points)
@@ -426,7 +440,7 @@ class _SlicePredictor:
     def __init__(self, session: SegmentationSession, ref: SliceRef) -> None:
         self.session, self.ref = session, ref
 
-    def predict(self, embedding: Embedding, box: Box | None = None,
-                points: Sequence[Point] | None = None,
+    def predict(self, embedding: Embedding, *, box: Box | None = None,
+                points: Sequence[Click] | None = None,
                 mask_input: np.ndarray | None = None) -> Prediction:
         return self.session.predict(self.ref, box=box, points=points, mask_input=mask_input)
