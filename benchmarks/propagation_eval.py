@@ -8,6 +8,9 @@ filled by
 
 * ``naive``: box = bounding box of the previous slice's mask, until the mask vanishes;
 * ``ours``: :func:`napari_medsam.segmentation.propagation.propagate` (default rules);
+* ``old``: the propagation before issue 18 (git ce422b7, kept verbatim in
+  ``research/propagation_stop_rules/propagation_head.py``: one miss ends a run; area, overlap
+  and grey-value rules; no parts) for comparison;
 * ``3 anchors``: ours from three box-predicted anchors (largest slice and the slices at 1/4
   and 3/4 of the object's extent), to show gap filling;
 * ``box_range``: :func:`~napari_medsam.segmentation.propagation.box_range` with the tight box
@@ -44,7 +47,9 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src_tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "research" / "propagation_stop_rules"))
 
+import propagation_head  # noqa: E402
 from conftest import case_dir, dice, label_names, largest_slice, tight_box  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
@@ -71,7 +76,7 @@ CASES = [
 ]
 BULK_CASE = CASES[0]
 BULK_LABELS = [5, 1, 2, 3]
-METHODS = ("naive", "ours", "anchors3", "box_range", "fixed_box", "bbox3d", "tight")
+METHODS = ("naive", "ours", "old", "anchors3", "box_range", "fixed_box", "bbox3d", "tight")
 
 
 def cached_session(model, case: str, image: str, label: str, zoom: str = "auto"):
@@ -139,6 +144,8 @@ def evaluate_object(session, obj: np.ndarray, methods=METHODS) -> dict[str, floa
         t0 = time.perf_counter()
         row["ours"] = dice(propagate_volume(session, 0, {z: anchor}), obj)
         row["seconds"] = time.perf_counter() - t0
+    if "old" in methods:
+        row["old"] = dice(propagation_head.propagate_volume(session, 0, {z: anchor}), obj)
     if "anchors3" in methods:
         quarter = (last - first) // 4
         picks = sorted({first + quarter, z, last - quarter})
