@@ -1,5 +1,5 @@
-"""One click on an embedded MRI slice: the whole-slice click search against the search
-through regions of interest (``RoiPolicy.clicks = "off"`` vs ``"search"``, zoom auto).
+"""One click on an embedded MRI slice: the whole-slice click search (``zoom="off"``) against
+the search through regions of interest (``zoom="auto"``, the default).
 
 For each object the click is at the interior point of the reference's largest axial slice;
 ``session.predict_prompts`` is timed on a fresh session (slice embedded beforehand, so the
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src_tests"))
 sys.path.insert(0, str(ROOT))
 
-from conftest import case_dir  # noqa: E402
+from helpers import case_dir  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.evaluation import interior_click  # noqa: E402
 from napari_medsam.io import read_volume  # noqa: E402
 from napari_medsam.io.intensity import auto_mapping  # noqa: E402
 from napari_medsam.segmentation import SegmentationSession, SliceRef  # noqa: E402
-from napari_medsam.segmentation.roi import DEFAULT_POLICY  # noqa: E402
 
 #: (case, image, label file, label, name)
 OBJECTS = [
@@ -54,17 +52,16 @@ def main() -> None:
         ref = SliceRef(0, int(np.argmax(obj.sum(axis=(1, 2)))))
         click = interior_click(obj[ref.index])
         mapping = auto_mapping(volume.array, volume.modality)
-        for mode in ("off", "search"):
+        for mode in ("off", "auto"):
             first, again = [], []
             for _ in range(args.repeats):
-                session = SegmentationSession(model, volume.array, mapping, zoom="auto",
-                                              roi_policy=replace(DEFAULT_POLICY, clicks=mode))
+                session = SegmentationSession(model, volume.array, mapping, zoom=mode)
                 session.embedding(ref)
                 for times in (first, again):
                     start = time.perf_counter()
                     session.predict_prompts(ref, positives=[click])
                     times.append(time.perf_counter() - start)
-            print(f"{name:18s} clicks={mode:6s} first click {1000 * np.median(first):5.0f} ms"
+            print(f"{name:18s} zoom {mode:4s} first click {1000 * np.median(first):5.0f} ms"
                   f"  same click again {1000 * np.median(again):5.0f} ms"
                   f"  (ROI encoder runs per session: {session.roi_encoder_calls})", flush=True)
 

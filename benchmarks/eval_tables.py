@@ -3,7 +3,7 @@
     python benchmarks/eval_tables.py DIR > tables.md
 
 ``DIR`` holds ``MODE_CASE.json`` files (``MODE`` = box, click, propagate; ``CASE`` as in
-:data:`CASES`), written by the commands listed in ``docs/evaluation_cli.md``. Prints the
+:data:`CASES`), written by the commands of ``docs/speed_accuracy.md``. Prints the
 per-case summary (mean Dice and seconds per mode), the mean over all labels and over labels
 of at least 5000 voxels, then one collapsible per-label table per mode.
 """

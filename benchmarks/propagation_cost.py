@@ -1,4 +1,4 @@
-"""What propagating an organ costs beside embedding its slices (issue #5).
+"""What propagating an organ costs beside embedding its slices.
 
     python benchmarks/propagation_cost.py [--case totalseg_ct_abdomen_pelvis]
         [--labels 5,1] [--backend auto] [--json F]

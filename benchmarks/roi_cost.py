@@ -1,4 +1,4 @@
-"""Extra time per box prompt with ``zoom="auto"`` (issue 8): new ROI, cached ROI, whole slice.
+"""Extra time per box prompt with ``zoom="auto"``: new ROI, cached ROI, whole slice.
 
 For every slice of a case where a label is present, with the slice's embedding already
 cached (as after "Embed volume" or a first prompt), times

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import DATA_DIR, dice
+from helpers import DATA_DIR, dice
 
 from napari_medsam.engine import backends, load_model
 from napari_medsam.engine import providers as prov
@@ -125,6 +125,7 @@ print("cosine", a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 """
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_f32_then_bf16_with_the_compile_cache_does_not_crash(litemedsam, model_cache, tmp_path):
     """f32 then bf16, twice, with the compile cache on.
@@ -192,6 +193,7 @@ def test_agreement_slices_cover_ct_and_mri(agreement):
     assert any("_ct" in c for c in cases) and any("_mr" in c for c in cases)
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_default_openvino_masks_match_onnxruntime(ov_f32, ort_cpu, agreement):
     """The default (f32) OpenVINO engine gives the fp32 ONNX Runtime masks on 20 slices."""
@@ -229,6 +231,7 @@ def test_openvino_decoder_takes_clicks_and_mask_input(ov_f32, ort_cpu, agreement
     assert dice(ov_f32.predict(half, box=s.box).mask, full.mask) >= 0.99
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_both_decoder_runtimes_give_the_same_masks(ov_f32, agreement, monkeypatch, caplog):
     """OpenVINO's encoder with ONNX Runtime's decoder (default) or OpenVINO's own decoder:
@@ -260,28 +263,3 @@ def test_both_decoder_runtimes_give_the_same_masks(ov_f32, agreement, monkeypatc
     emb = fallback.embed(s.image)
     assert dice(fallback.predict(emb, box=s.box).mask, ov_f32.predict(emb, box=s.box).mask) \
         >= 0.999
-
-
-# -- the per-stage precision study tool (docs/performance.md) --------------------------------
-
-def test_staged_encoder_rejects_bad_plans(tmp_path):
-    from napari_medsam.bench import StagedEncoder
-
-    for plan in ("ffff", "ffffx", "bf16"):
-        with pytest.raises(ValueError, match="one of f/b per stage"):
-            StagedEncoder(tmp_path / "encoder.onnx", plan)
-
-
-@needs_openvino
-def test_staged_f32_encoder_is_the_whole_encoder(ov_f32, agreement):
-    """The study's stage-by-stage chain (all f32) reproduces the one-piece f32 encoder."""
-    from napari_medsam.bench import ENCODER_STAGES, StagedEncoder
-    from napari_medsam.engine.model_files import ensure_model_files
-
-    staged = StagedEncoder(ensure_model_files(ov_f32.spec)["encoder"], "f" * len(ENCODER_STAGES))
-    s = agreement[-4]  # an MRI slice
-    tensor, resized = ov_f32.preprocess(s.image)
-    whole = ov_f32.embed_preprocessed(tensor, s.image.shape, resized).features
-    features = staged(tensor)
-    assert features.shape == whole.shape == (1, 256, 64, 64)
-    assert np.abs(features - whole).max() <= 1e-4

@@ -1,4 +1,5 @@
-"""Crop geometry, the crop size rule, local intensity and the hysteresis threshold (no model)."""
+"""Crop geometry, the crop size rule, where the rule applies, the ROI's grey values and the
+hysteresis threshold (no model)."""
 
 from __future__ import annotations
 
@@ -84,30 +85,36 @@ def test_crop_contains_with_margin_and_slice_border():
     assert not crop.contains((5, 5, 30, 20))
 
 
-def test_combine_predictions():
+def test_combine_predictions_averages_the_logits():
     from napari_medsam.engine.protocol import Prediction
     from napari_medsam.segmentation.roi import combine_predictions
 
     a = Prediction(np.full((4, 4), 1.0, np.float32), np.ones((4, 4), bool), 0.5, np.zeros(1))
     b = Prediction(np.full((4, 4), -3.0, np.float32), np.zeros((4, 4), bool), 0.9, np.zeros(1))
-    assert combine_predictions(a, b, "iou") is b
-    assert combine_predictions(a, b, "roi") is b
-    mean = combine_predictions(a, b, "mean")
+    mean = combine_predictions(a, b)
     assert np.all(mean.logits == -1.0) and not mean.mask.any() and mean.iou == pytest.approx(0.7)
+    assert mean.low_res_logits is a.low_res_logits
+    assert combine_predictions(a, b, RoiPolicy().combine).iou == pytest.approx(0.7)
     with pytest.raises(ValueError, match="combine"):
-        combine_predictions(a, b, "max")
+        combine_predictions(a, b, "iou")
 
 
-def test_local_intensity_only_for_data_driven_mappings():
+def test_the_roi_is_mapped_like_its_slice():
     raw = np.linspace(0, 1000, 400).reshape(20, 20)
     ct = ct_window("abdomen")
-    assert crop_mapping(raw, ct, RoiPolicy(intensity="auto")) is ct
+    assert crop_mapping(raw, ct) is ct
     mr = auto_mapping(np.linspace(0, 3000, 1000).reshape(10, 10, 10), "MR")
-    local = crop_mapping(raw, mr, RoiPolicy(intensity="auto", percentiles=(1, 99)))
-    assert local.low == pytest.approx(np.percentile(raw, 1))
-    assert local.high == pytest.approx(np.percentile(raw, 99))
-    assert crop_mapping(raw, mr, RoiPolicy(intensity="slice")) is mr
-    assert crop_mapping(np.zeros((5, 5)), mr, RoiPolicy(intensity="local")) is mr  # flat
+    assert crop_mapping(raw, mr) is mr
+
+
+def test_the_rule_applies_to_mri_and_to_ct_slices_larger_than_the_model_input():
+    policy = RoiPolicy()
+    mr = auto_mapping(np.linspace(0, 3000, 1000).reshape(10, 10, 10), "MR")
+    ct = ct_window("abdomen")
+    assert policy.applies_to(mr, (101, 122), 256) and policy.applies_to(mr, (512, 512), 256)
+    assert not policy.applies_to(ct, (101, 122), 256)
+    assert not policy.applies_to(ct, (256, 200), 256)
+    assert policy.applies_to(ct, (512, 512), 256)
 
 
 def test_hysteresis_joins_weak_pixels_connected_to_the_core():
@@ -121,12 +128,16 @@ def test_hysteresis_joins_weak_pixels_connected_to_the_core():
     assert not hysteresis_mask(np.full((4, 4), -1.0), -2.0).any()  # no core, nothing
 
 
-def test_policy_validation():
+def test_policy_validation_and_defaults():
     with pytest.raises(ValueError, match="context"):
         RoiPolicy(context=0.5)
-    with pytest.raises(ValueError, match="intensity"):
-        RoiPolicy(intensity="wild")
-    with pytest.raises(ValueError, match="percentiles"):
-        RoiPolicy(percentiles=(50, 10))
-    with pytest.raises(ValueError, match="combine"):
-        RoiPolicy(combine="vote")
+    with pytest.raises(ValueError, match="upsample"):
+        RoiPolicy(upsample=0)
+    with pytest.raises(ValueError, match="reuse_margin"):
+        RoiPolicy(reuse_margin=-0.1)
+    policy = RoiPolicy()
+    assert (policy.upsample, policy.context, policy.reuse_margin, policy.weak_logit) \
+        == (4.0, 1.25, 0.1, -3.0)
+    assert (policy.combine, policy.intensity, policy.weak_everywhere, policy.clicks) \
+        == ("mean", "slice", False, "search")
+    assert policy.canvas(256) == 64

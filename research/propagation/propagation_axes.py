@@ -1,6 +1,6 @@
 """Propagation on the MRI objects along other slicing axes, fused views, and the no-drift ceiling.
 
-Three studies behind ``docs/propagation.md`` ("Other slicing axes, fused views and the
+Three studies of ``README.md`` beside this file ("Other slicing axes, fused views and the
 no-drift ceiling"), all with the session's defaults (``zoom="auto"``, the chosen step and
 stop rules) and the anchor of ``propagation_eval.py`` (the tight box of the reference on its
 largest slice, segmented with the widget's call):
@@ -17,7 +17,8 @@ largest slice, segmented with the widget's call):
 
 Usage::
 
-    python benchmarks/propagation_axes.py [--studies axes,fusion,ceiling] [--only hippocampus]
+    python research/propagation/propagation_axes.py [--studies axes,fusion,ceiling] \\
+        [--only hippocampus]
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src_tests"))
 sys.path.insert(0, str(ROOT))
 
-from conftest import case_dir, dice, tight_box  # noqa: E402
+from helpers import case_dir, dice, tight_box  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.io import read_volume  # noqa: E402

@@ -1,6 +1,6 @@
 """The prompt decoder on ONNX Runtime vs OpenVINO, beside OpenVINO's encoder (issue 4/7).
 
-    python benchmarks/decoder_runtimes.py [--rounds 10]
+    python research/performance/decoder_runtimes.py [--rounds 10]
 
 Embeds every third slice of the precision agreement set (real CT and MRI, tight reference
 boxes) once, then times ``model.predict(embedding, box=...)`` (decoder call plus the logits
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> int:

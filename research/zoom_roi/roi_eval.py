@@ -1,17 +1,18 @@
 """Zoomed ROI inference and intensity rules (issue 8): 3D Dice per label, zoom off vs on.
 
 Runs :func:`napari_medsam.evaluation.evaluate` (the code behind ``napari-medsam eval``) on the
-labelled cases of ``../shared/data`` with a chosen :class:`~napari_medsam.segmentation.roi.
-RoiPolicy`, so that rules can be compared without re-embedding: every encoder input (whole
+labelled cases of ``../shared/data`` with a chosen :class:`study_policy.StudyRoiPolicy` (the
+product's rule and the variants the study compared), so that rules can be compared without
+re-embedding: every encoder input (whole
 slices and crops) is cached on disk by the digest of the uint8 image the encoder sees
 (float16, exactly what the session's memory cache keeps, so the Dice values equal those of
 ``napari-medsam eval``).
 
 Examples::
 
-    python benchmarks/roi_eval.py --mode box --zoom off --json /tmp/roi/box_off.json
-    python benchmarks/roi_eval.py --mode box --zoom auto --json /tmp/roi/box_on.json
-    python benchmarks/roi_eval.py --cases mr --mode box --combine mean --weak-logit -3
+    python research/zoom_roi/roi_eval.py --mode box --zoom off --json /tmp/roi/box_off.json
+    python research/zoom_roi/roi_eval.py --mode box --zoom auto --json /tmp/roi/box_on.json
+    python research/zoom_roi/roi_eval.py --cases mr --mode box --combine mean --weak-logit -3
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study_policy import StudyRoiPolicy, install  # noqa: E402
 
 from napari_medsam import evaluation as ev  # noqa: E402
 from napari_medsam.engine import load_model  # noqa: E402
@@ -36,7 +40,6 @@ from napari_medsam.engine.protocol import Embedding  # noqa: E402
 from napari_medsam.io import read_volume  # noqa: E402
 from napari_medsam.io.intensity import auto_mapping  # noqa: E402
 from napari_medsam.segmentation import SegmentationSession  # noqa: E402
-from napari_medsam.segmentation.roi import DEFAULT_POLICY  # noqa: E402
 
 logger = logging.getLogger("roi_eval")
 
@@ -139,7 +142,7 @@ def build_policy(args: argparse.Namespace):
     if args.percentiles:
         lo, hi = (float(v) for v in args.percentiles.split(","))
         fields["percentiles"] = (lo, hi)
-    return replace(DEFAULT_POLICY, **fields)
+    return StudyRoiPolicy(**fields)
 
 
 def run_case(model, name: str, args, policy) -> dict:
@@ -202,6 +205,7 @@ def main(argv=None) -> int:
     else:
         names = args.cases.split(",")
     policy = build_policy(args)
+    install()
     logger.info("zoom %s, policy %s", args.zoom, policy)
     model = DiskCachedModel(load_model("litemedsam", args.device, backend="onnxruntime"),
                             Path(args.emb_cache))

@@ -8,7 +8,7 @@ same slices. Embeddings are cached per case in ``/tmp/click_emb_<case>.npz``.
 
 Usage::
 
-    NAPARI_MEDSAM_CACHE=/tmp/mcache3 python benchmarks/click_eval.py [--json out.json]
+    NAPARI_MEDSAM_CACHE=/tmp/mcache3 python research/clicks/click_eval.py [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src_tests"))
 sys.path.insert(0, str(ROOT))
 
-from conftest import dice, label_names, load_case, tight_box  # noqa: E402
+from helpers import dice, label_names, load_case, tight_box  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.engine.protocol import Embedding  # noqa: E402
