@@ -9,7 +9,7 @@ APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkb
 	libxcb-randr0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libxcb-xfixes0 libxcb-cursor0 \
 	libgl1 libegl1 libfontconfig1 libdbus-1-3
 
-.PHONY: setup model demo test lint bench sys-deps clean
+.PHONY: setup model demo test test-fast lint bench sys-deps clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,13 @@ demo: model
 test: setup sys-deps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q --durations=15
 
+# The quick loop (under 2 minutes on 2 cores): real data and the real model, without the
+# tests marked slow (exports, whole volumes) or gui (a napari viewer; they need Xvfb).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not gui" --durations=10
+
 lint: setup
-	$(BIN)/ruff check napari_medsam src_tests models
+	$(BIN)/ruff check napari_medsam src_tests models benchmarks research
 
 bench: model
 	$(BIN)/napari-medsam bench --data ../shared/data --json $(OUT)/bench.json

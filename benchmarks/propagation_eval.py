@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "research" / "propagation_stop_rules"))
 
 import propagation_head  # noqa: E402
-from conftest import case_dir, dice, label_names, largest_slice, tight_box  # noqa: E402
+from helpers import case_dir, dice, label_names, largest_slice, tight_box  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.engine.protocol import Embedding  # noqa: E402

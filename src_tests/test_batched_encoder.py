@@ -14,7 +14,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import tight_box
+from fakes import FakeModel
+from helpers import tight_box
 
 from napari_medsam.engine import providers as prov
 from napari_medsam.engine.disk_cache import DiskEmbeddingStore
@@ -83,28 +84,6 @@ def test_tensorrt_gets_a_batch_profile(tmp_path):
     assert not prov.runs_on_gpu([prov.CPU]) and not prov.runs_on_gpu([])
 
 
-class FakeBatchModel:
-    """LiteMedSAM's shapes, a cheap 'encoder' (the input's mean), batched on a fake GPU."""
-
-    def __init__(self, providers, batch_size: int = 4, fail_after: int | None = None) -> None:
-        self.spec = get_spec("litemedsam")
-        self.name = self.spec.name
-        self.providers = providers
-        self.batch_size = batch_size
-        self.batching = True
-        self.fail_after = fail_after
-        self.shapes: list[tuple[int, ...]] = []
-
-    def preprocess(self, image2d):
-        return preprocess_slice(image2d, 256)
-
-    def encode_batch(self, tensor):
-        self.shapes.append(tensor.shape)
-        if self.fail_after is not None and len(self.shapes) > self.fail_after:
-            self.batching = False  # what OnnxPromptModel does when its batched call fails
-        return np.stack([np.full((256, 64, 64), t.mean(), np.float32) for t in tensor])
-
-
 @pytest.fixture(scope="module")
 def ct(ct_liver_crop):
     """Six real CT slices through the liver, their reference labels and the CT mapping."""
@@ -120,7 +99,7 @@ def _check_stored(store, array, mapping) -> None:
 @pytest.mark.parametrize("providers", [GPU, TRT])
 def test_gpu_plan_feeds_batches_nearest_first(ct, tmp_path, providers):
     array, _, mapping = ct
-    model = FakeBatchModel(providers, batch_size=4)
+    model = FakeModel(providers, batch_size=4)
     assert encode_plan(model) == EncodePlan("batched", 4, (4, 3, 256, 256))
     progress = []
     store = DiskEmbeddingStore.for_volume(array, 0, mapping.key, model, root=tmp_path)
@@ -134,13 +113,13 @@ def test_gpu_plan_feeds_batches_nearest_first(ct, tmp_path, providers):
 
 
 def test_cpu_keeps_the_plain_loop_even_with_a_batched_encoder(ct):
-    model = FakeBatchModel([prov.CPU])
+    model = FakeModel([prov.CPU], batch_size=4)
     assert encode_plan(model).kind == "loop"
 
 
 def test_gpu_plan_switches_to_single_slices_when_batching_fails(ct, tmp_path):
     array, _, mapping = ct
-    model = FakeBatchModel(GPU, batch_size=2, fail_after=1)
+    model = FakeModel(GPU, batch_size=2, fail_after=1)
     store = DiskEmbeddingStore.for_volume(array, 0, mapping.key, model, root=tmp_path)
     embedder = VolumeEmbedder(model, array, mapping, 0, store=store)
     summary = embedder.run(start=0)
@@ -152,7 +131,7 @@ def test_gpu_plan_switches_to_single_slices_when_batching_fails(ct, tmp_path):
 
 def test_gpu_batches_can_be_cancelled(ct, tmp_path):
     array, _, mapping = ct
-    model = FakeBatchModel(GPU, batch_size=2)
+    model = FakeModel(GPU, batch_size=2)
     store = DiskEmbeddingStore.for_volume(array, 0, mapping.key, model, root=tmp_path)
     progress = []
     summary = VolumeEmbedder(model, array, mapping, 0, store=store).run(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dice
+from helpers import LIVER, crop_session, dice
 from scipy import ndimage
-from test_propagation import LIVER, crop_session
 
 from napari_medsam.segmentation.bulk import RefineResult, fill_gaps, refine_label
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DATA_DIR
+import pytest
+from helpers import DATA_DIR
 
 from napari_medsam.cli import main
 
@@ -63,6 +64,7 @@ def test_bench_without_data_is_a_usage_error(tmp_path):
     assert "--data" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_json_has_engine_and_torch_keys(litemedsam, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--data", str(DATA_DIR), "--slices", "2", "--repeats", "1",
@@ -97,6 +99,7 @@ def test_a_row_that_crashes_is_reported_not_fatal(monkeypatch):
     assert reason == "the engine crashed (SIGSEGV) on its first slice"
 
 
+@pytest.mark.slow
 def test_bench_reports_a_failed_row_and_exits_non_zero(litemedsam, tmp_path, monkeypatch,
                                                        capsys):
     from napari_medsam import bench

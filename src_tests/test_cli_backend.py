@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam.cli import build_parser, main
 

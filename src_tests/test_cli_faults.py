@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam.cli import main
 from napari_medsam.engine import PromptError
@@ -99,6 +99,7 @@ def _interrupt(args: list[str], wait_for: str, cache) -> subprocess.CompletedPro
                                        (other if stream is proc.stderr else "") + err)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_segment_is_one_line_exit_130_and_writes_nothing(litemedsam, model_cache,
                                                                        tmp_path):
     objects = [{"label": i + 1, "slice": 4 + i % 12, "box": [20, 20, 70, 90],

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import PROJECT_ROOT, case_dir, dice
+from fakes import box_fill_model
+from helpers import PROJECT_ROOT, case_dir, dice
 
 from napari_medsam._reader import napari_get_reader
 from napari_medsam.cli import main
-from napari_medsam.engine.protocol import Embedding, Prediction
 from napari_medsam.io import read_volume
 from napari_medsam.io.intensity import auto_mapping
 from napari_medsam.segmentation import SegmentationSession, SliceRef
@@ -140,28 +140,10 @@ def test_parse_converts_rows_and_columns_to_the_session_box():
     assert info.value.index == 0 and info.value.field == "box"
 
 
-class BoxFillModel:
-    """A stand-in model whose mask is exactly the box it is given (fast, deterministic)."""
-
-    name = "boxfill"
-    providers = ["none"]
-
-    def embed(self, image2d):
-        return Embedding(np.zeros((1, 1, 1, 1), np.float32), tuple(image2d.shape),
-                         tuple(image2d.shape), 256, self.name)
-
-    def predict(self, embedding, *, box=None, points=None, mask_input=None):
-        mask = np.zeros(embedding.original_size, bool)
-        x0, y0, x1, y1 = (int(v) for v in box)
-        mask[y0:y1 + 1, x0:x1 + 1] = True
-        logits = np.where(mask, 10.0, -10.0).astype(np.float32)  # model-like logits
-        return Prediction(logits, mask, 1.0, np.zeros((1, 1, 4, 4), np.float32))
-
-
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_box_rows_and_columns_land_on_the_right_voxels(axis):
     volume = np.random.default_rng(0).normal(size=(12, 30, 40)).astype(np.float32)
-    session = SegmentationSession(BoxFillModel(), volume, auto_mapping(volume, "MR"))
+    session = SegmentationSession(box_fill_model(), volume, auto_mapping(volume, "MR"))
     prompts = parse_prompts({"objects": [
         {"label": 4, "axis": axis, "slice": 5, "box": [2, 3, 8, 9]},
         {"label": 7, "axis": axis, "slice": 5, "box": [6, 6, 10, 11]},  # overlaps label 4
@@ -179,6 +161,7 @@ def test_box_rows_and_columns_land_on_the_right_voxels(axis):
     assert int((again == 7).sum()) == 5 * 6
 
 
+@pytest.mark.slow
 def test_segment_real_mr_geometry_reader_and_dice(litemedsam, tmp_path, capsys):
     image = read_volume(MR / "image.nii.gz")
     reference = read_volume(MR / "label.nii.gz").array
@@ -234,7 +217,7 @@ def test_segment_real_mr_geometry_reader_and_dice(litemedsam, tmp_path, capsys):
 
 def test_3d_box_covers_its_slice_range():
     volume = np.random.default_rng(1).normal(size=(12, 30, 40)).astype(np.float32)
-    session = SegmentationSession(BoxFillModel(), volume, auto_mapping(volume, "MR"))
+    session = SegmentationSession(box_fill_model(), volume, auto_mapping(volume, "MR"))
     prompts = parse_prompts({"objects": [{"label": 2, "axis": 2, "slice": 20,
                                           "box": [3, 4, 8, 10], "slice_range": [18, 22]}]},
                             volume.shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dice, largest_slice, load_case, tight_box
+from helpers import dice, largest_slice, load_case, tight_box
 from scipy import ndimage
 
 from napari_medsam.segmentation.clicks import segment_clicks
@@ -72,6 +72,7 @@ def test_click_outside_slice_raises(litemedsam, ct):
         segment_clicks(litemedsam, emb, [])
 
 
+@pytest.mark.slow
 def test_learned_ranking_on_ct_beats_the_rule_on_the_spleen(litemedsam, ct):
     """The learned candidate ranking (fitted on MRI only) picks better CT masks than the
     hand-made score: one interior click on every third slice of the spleen, 3D Dice."""

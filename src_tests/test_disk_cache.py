@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import CORRUPTIONS, corrupt_slice_file, dice, largest_slice, load_case, tight_box
+from fakes import FakeModel
+from helpers import CORRUPTIONS, corrupt_slice_file, dice, largest_slice, load_case, tight_box
 
 from napari_medsam.engine import backends, cache_lock, disk_cache
 from napari_medsam.engine.disk_cache import DiskEmbeddingStore, array_digest, volume_key
 from napari_medsam.engine.protocol import Embedding
-from napari_medsam.models.registry import get_spec
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def ct():
     return volume.array, reference, mapped
 
 
-def _fake_model(precision: str = "f32"):
-    return SimpleNamespace(name="litemedsam", spec=get_spec("litemedsam"), precision=precision)
+def _fake_model(precision: str = "f32") -> FakeModel:
+    return FakeModel(precision=precision)
 
 
 def test_digest_follows_content_not_identity(ct):
@@ -172,7 +172,7 @@ def test_meminfo_is_read_without_psutil(monkeypatch, tmp_path):
 
 
 # -- corrupt slice files -----------------------------------------------------------------------
-# (conftest.corrupt_slice_file damages them in each of the ways of conftest.CORRUPTIONS)
+# (helpers.corrupt_slice_file damages them in each of the ways of helpers.CORRUPTIONS)
 
 @pytest.fixture(scope="module")
 def kidney(ct, litemedsam):
@@ -271,36 +271,17 @@ import time
 
 import numpy as np
 
+from fakes import FakeModel  # src_tests is on PYTHONPATH (the worker fixture)
+
 from napari_medsam.engine.disk_cache import DiskEmbeddingStore
-from napari_medsam.engine.preprocess import preprocess_slice
-from napari_medsam.engine.protocol import Embedding
 from napari_medsam.engine.volume_embedding import VolumeEmbedder
 from napari_medsam.io import auto_mapping, read_volume
-from napari_medsam.models.registry import get_spec
 
 mode, root, image, features_path = sys.argv[1:5]
 
-
-class ReplayModel:
-    """LiteMedSAM's shapes; its 'encoder' returns a real stored embedding."""
-
-    def __init__(self, features):
-        self.spec = get_spec("litemedsam")
-        self.name = self.spec.name
-        self.providers = []
-        self.features = features
-
-    def preprocess(self, image2d):
-        return preprocess_slice(image2d, 256)
-
-    def embed_preprocessed(self, tensor, original_size, resized_size):
-        return Embedding(self.features.astype(np.float32), tuple(original_size),
-                         tuple(resized_size), 256, self.name)
-
-
 volume = read_volume(image)
 mapping = auto_mapping(volume.array, volume.modality)
-model = ReplayModel(np.load(features_path))
+model = FakeModel(features=np.load(features_path))  # a real stored embedding
 store = DiskEmbeddingStore.for_volume(volume.array, 0, mapping.key, model, root=root)
 if mode == "embed":
     def progress(p):
@@ -341,12 +322,15 @@ def worker(tmp_path, kidney):
     np.save(features, kidney.fresh.features.astype(np.float16))
     image = load_case.__globals__["case_dir"]("totalseg_ct_abdomen_sm") / "image.nii.gz"
     started = []
+    tests = os.path.dirname(os.path.abspath(__file__))  # the worker imports the fakes
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [tests, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
     def start(mode: str, root, *extra) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, str(script), mode, str(root), str(image),
                                  str(features), *map(str, extra)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, encoding="utf-8",
-                                errors="replace")
+                                errors="replace", env=env)
         started.append(proc)
         return proc
 
@@ -412,7 +396,7 @@ def _key_of(entry) -> disk_cache.VolumeKey:
 
 def _clear_with_the_panel(monkeypatch) -> dict:
     """Press the Embed panel's clear button (its handler on a stand-in panel)."""
-    from napari_medsam import _embed_panel
+    from napari_medsam._qt import embed_panel as _embed_panel
 
     notes = {"warnings": [], "image_changes": 0, "info": ""}
     monkeypatch.setattr(_embed_panel, "show_warning", notes["warnings"].append)
@@ -424,7 +408,7 @@ def _clear_with_the_panel(monkeypatch) -> dict:
     def set_info(text: str) -> None:
         notes["info"] = text
 
-    panel = SimpleNamespace(running=False, owner=SimpleNamespace(_on_image_change=image_change),
+    panel = SimpleNamespace(running=False, session_reset=SimpleNamespace(emit=image_change),
                             info=SimpleNamespace(setText=set_info),
                             refresh_disk_size=lambda: None)
     _embed_panel.EmbedPanel.clear_disk_cache(panel)

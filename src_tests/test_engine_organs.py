@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import dice, load_case, tight_box
+import pytest
+from helpers import dice, load_case, tight_box
 
 ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 
 
+@pytest.mark.slow
 def test_tight_boxes_on_ct_organs_give_the_organs(litemedsam):
     volume, reference, mapped = load_case("totalseg_ct_abdomen_pelvis")
     needed = sorted({int(z) for lid in ORGANS for z in np.nonzero(

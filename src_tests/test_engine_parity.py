@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import dice, load_case, tight_box
+from helpers import dice, load_case, tight_box
 
 # (case, image, label, [(label id, slice offsets from its largest slice)])
 PARITY_CASES = [
@@ -44,6 +44,7 @@ def test_enough_prompts_over_ct_and_mri():
     assert len(cases) >= 3 and any("_mr" in c for c in cases) and any("_ct" in c for c in cases)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,image,box", PROMPTS, ids=[p[0] for p in PROMPTS])
 def test_engine_matches_pytorch_reference(litemedsam_ort, reference_net, name, image, box):
     tensor, resized = litemedsam_ort.preprocess(image)

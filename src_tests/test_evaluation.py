@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import case_dir, dice
+from helpers import case_dir, dice
 
 from napari_medsam import evaluation as ev
 from napari_medsam.cli import main
@@ -106,6 +106,7 @@ def test_box_mode_masks_equal_the_widget_path(ct3):
         assert dice(mask, ref[index] == SPINE) > 0.7
 
 
+@pytest.mark.slow
 def test_click_and_propagate_modes_and_small_labels(ct3):
     _, ref, session = ct3
     ref = ref.copy()
@@ -166,10 +167,10 @@ def test_eval_cli_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_box_user_slices_along_any_axis(axis):
-    from test_cli_segment import BoxFillModel
+    from fakes import box_fill_model
 
     volume = np.random.default_rng(2).normal(size=(10, 20, 30)).astype(np.float32)
-    session = SegmentationSession(BoxFillModel(), volume, auto_mapping(volume, "MR"))
+    session = SegmentationSession(box_fill_model(), volume, auto_mapping(volume, "MR"))
     ref = np.zeros(volume.shape, np.uint8)
     ref[2:7, 3:12, 5:25] = 4  # a cuboid: a box-filling model gets it exactly from tight boxes
     ref[8, 15:18, 1:4] = 6  # 9 voxels: skipped

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_case, tight_box
+from helpers import load_case, tight_box
 
 from napari_medsam.engine import load_model
 from napari_medsam.models import export as export_mod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from conftest import case_dir, label_names
+from helpers import case_dir, label_names
 
 from napari_medsam.io import read_volume, write_labels
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam.io import VolumeReadError, read_volume
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam import _reader
 from napari_medsam.io import VolumeReadError, read_volume, write_labels

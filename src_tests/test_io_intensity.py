@@ -7,7 +7,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam.io import read_volume
 from napari_medsam.io.intensity import (

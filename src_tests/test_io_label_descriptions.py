@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import case_dir, label_names
+from helpers import case_dir, label_names
 
 from napari_medsam.io import read_label_descriptions, read_volume, write_labels
 from napari_medsam.io.label_descriptions import (

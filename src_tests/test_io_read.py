@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam.io import Volume, is_dicom_file, read_volume
 from napari_medsam.io.volume import looks_like_label_map

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import case_dir, label_names
+from helpers import case_dir, label_names
 
 from napari_medsam._reader import napari_get_reader
 from napari_medsam._sample_data import sample_label_path, sample_path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import case_dir, label_names
+from helpers import case_dir, label_names
 
 import napari_medsam
 from napari_medsam._sample_data import SAMPLES, sample_ct, sample_label_path, sample_mr, sample_path

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam.io import VolumeWriteError, read_volume, write_labels
 

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam.engine.preprocess import (
     PromptError,

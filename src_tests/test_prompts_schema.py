@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 from napari_medsam.cli import main
 from napari_medsam.segmentation.prompts_file import (

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import case_dir
+from helpers import case_dir
 from napari.layers import Image, Labels
 from npe2 import PluginManifest
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CORRUPTIONS, corrupt_slice_file, dice, largest_slice, load_case, tight_box
+from helpers import CORRUPTIONS, corrupt_slice_file, dice, largest_slice, load_case, tight_box
 
 from napari_medsam.engine import disk_cache
 from napari_medsam.io.intensity import auto_mapping

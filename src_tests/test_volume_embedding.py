@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import corrupt_slice_file, dice, load_case, tight_box
+from fakes import CountingModel, FakeAsyncEncoder, FakeModel
+from helpers import corrupt_slice_file, dice, load_case, tight_box
 
 from napari_medsam.engine import load_model
 from napari_medsam.engine import providers as prov
 from napari_medsam.engine.cache import EmbeddingCache
 from napari_medsam.engine.disk_cache import DiskEmbeddingStore
 from napari_medsam.engine.preprocess import preprocess_slice
-from napari_medsam.engine.protocol import Embedding
 from napari_medsam.engine.volume_embedding import (
     EncodePlan,
     VolumeEmbedder,
@@ -20,47 +20,8 @@ from napari_medsam.engine.volume_embedding import (
     slice_order,
 )
 from napari_medsam.io.intensity import mapping_from_name
-from napari_medsam.models.registry import get_spec
 
 MB2 = 256 * 64 * 64 * 2  # one LiteMedSAM embedding in float16
-
-
-class CountingModel:
-    """Wraps a real model and counts every encoder call (interactive or batched)."""
-
-    def __init__(self, model) -> None:
-        self._model = model
-        self.calls = 0
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def embed_preprocessed(self, *args, **kwargs):
-        self.calls += 1
-        return self._model.embed_preprocessed(*args, **kwargs)
-
-    def iter_encode(self, items):
-        for key, features in self._model.iter_encode(items):
-            self.calls += 1
-            yield key, features
-
-
-class FakeModel:
-    """A model with LiteMedSAM's shapes whose 'encoder' is a cheap function of its input."""
-
-    def __init__(self, providers: list[str]) -> None:
-        self.spec = get_spec("litemedsam")
-        self.name = self.spec.name
-        self.providers = providers
-        self.shapes: list[tuple[int, ...]] = []
-
-    def preprocess(self, image2d):
-        return preprocess_slice(image2d, 256)
-
-    def embed_preprocessed(self, tensor, original_size, resized_size) -> Embedding:
-        self.shapes.append(tensor.shape)
-        features = np.full((1, 256, 64, 64), float(tensor.mean()), dtype=np.float32)
-        return Embedding(features, tuple(original_size), tuple(resized_size), 256, self.name)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +186,7 @@ def test_parallel_requests_only_with_enough_free_memory(monkeypatch):
     from napari_medsam.engine import backends
 
     model = FakeModel([prov.CPU])
-    model.iter_encode, model.parallel_requests = (lambda items: iter(())), 2
+    model.async_encoder = FakeAsyncEncoder(model, parallel_requests=2)
     monkeypatch.setattr(backends, "available_memory_bytes", lambda: 1024**3)
     assert encode_plan(model).kind == "loop"
     monkeypatch.setattr(backends, "available_memory_bytes", lambda: 8 * 1024**3)
