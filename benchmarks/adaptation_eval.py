@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src_tests"))
 sys.path.insert(0, str(ROOT))
 
-from conftest import case_dir  # noqa: E402
+from helpers import case_dir  # noqa: E402
 
 from napari_medsam import evaluation as ev  # noqa: E402
 from napari_medsam.adaptation import TrainingConfig, adapt, read_pair  # noqa: E402

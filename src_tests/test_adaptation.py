@@ -9,10 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import case_dir
+from helpers import case_dir
 
 from napari_medsam.adaptation import AdaptError, TrainingConfig, TrainingPair, adapt, read_pair
+from napari_medsam.adaptation.cohort import worth_keeping
 from napari_medsam.adaptation.examples import EmbeddingBank, collect_examples, low_res_target
+from napari_medsam.adaptation.training import EpochScore, TrainingResult
 from napari_medsam.cli import main
 from napari_medsam.engine import load_model
 from napari_medsam.evaluation import dice, interior_click
@@ -46,6 +48,7 @@ def adapted(few_slices, litemedsam):
     return report
 
 
+@pytest.mark.slow
 def test_examples_are_what_inference_sees(few_slices, litemedsam):
     session = _session(litemedsam, few_slices)
     bank = EmbeddingBank()
@@ -64,6 +67,7 @@ def test_examples_are_what_inference_sees(few_slices, litemedsam):
     bank.close()
 
 
+@pytest.mark.slow
 def test_adapting_saves_a_model_that_beats_the_base_and_shares_its_encoder(adapted):
     assert adapted.saved, adapted.reason
     assert adapted.heldout_after["box"] > adapted.heldout_before["box"]
@@ -83,6 +87,7 @@ def test_adapting_saves_a_model_that_beats_the_base_and_shares_its_encoder(adapt
     assert card["heldout_after"]["box"] == adapted.heldout_after["box"]
 
 
+@pytest.mark.slow
 def test_a_click_is_one_decoder_call_and_finds_the_object_on_another_scan(adapted):
     model = load_model("hippo-test", device="cpu")
     other = read_pair(IMAGE_4, LABELS_4, [2])
@@ -104,6 +109,47 @@ def test_a_click_is_one_decoder_call_and_finds_the_object_on_another_scan(adapte
     assert base.is_embedded(ref)
 
 
+@pytest.mark.slow
+def test_clicks_keep_the_search_on_slices_unlike_those_the_clicks_were_checked_on(adapted):
+    spec = get_spec("hippo-test")
+    domain = spec.point_domain
+    other = read_pair(IMAGE_4, LABELS_4, [2])
+    side = max(other.image.array.shape[1:])
+    assert domain is not None and domain.intensities == ("mr",)
+    assert domain.min_side / 2 <= side <= domain.max_side * 2
+    assert spec.answers_points_on(other.image.array.shape[1:], "mr")
+    assert not spec.answers_points_on(other.image.array.shape[1:], "ct")
+    # the same scan at 5x the pixels: far outside the slice sizes the clicks were checked on
+    big = np.repeat(np.repeat(other.image.array, 5, axis=1), 5, axis=2)
+    truth_big = np.repeat(np.repeat(other.labels == 2, 5, axis=1), 5, axis=2)
+    model = load_model("hippo-test", device="cpu")
+    session = SegmentationSession(model, big, auto_mapping(big, "MR"), zoom="off")
+    z = int(truth_big.sum(axis=(1, 2)).argmax())
+    ref = SliceRef(0, z)
+    assert not session.native_clicks_on(ref)
+    session.embedding(ref)
+    calls = []
+    real = model.predict
+    model.predict = lambda *a, **k: calls.append(1) or real(*a, **k)
+    mask = session.predict_prompts(ref, positives=[interior_click(truth_big[z])])
+    assert len(calls) > 1  # the click search
+    assert dice(mask, truth_big[z]) > 0.5
+
+
+def test_a_model_is_kept_only_where_users_gain():
+    def result(before: float, after: float) -> TrainingResult:
+        return TrainingResult(epochs=[EpochScore(0, before, 0.01, None, 0.0),
+                                      EpochScore(1, after, 0.7, 0.3, 1.0)], best_epoch=1)
+
+    assert worth_keeping(result(0.80, 0.85), native_clicks=False) == (True, "")
+    assert worth_keeping(result(0.80, 0.795), native_clicks=True) == (True, "")
+    kept, reason = worth_keeping(result(0.80, 0.795), native_clicks=False)
+    assert not kept and "boxes did not improve" in reason and "click search" in reason
+    kept, reason = worth_keeping(result(0.80, 0.78), native_clicks=True)
+    assert not kept and "0.800 -> 0.780" in reason
+
+
+@pytest.mark.slow
 def test_the_adapted_model_runs_without_torch(adapted, model_cache):
     code = ("import sys, numpy as np\n"
             "from napari_medsam.engine import load_model\n"
@@ -117,6 +163,7 @@ def test_the_adapted_model_runs_without_torch(adapted, model_cache):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_segment_and_models_know_the_adapted_model(adapted, tmp_path, capsys):
     assert main(["models"]) == 0
     assert "hippo-test" in capsys.readouterr().out
@@ -158,18 +205,14 @@ def test_a_label_map_without_labels_is_refused(tmp_path):
         read_pair(IMAGE_3, empty, [1])
 
 
-def test_within_scan_adaptation_shares_the_embeddings(few_slices, litemedsam):
-    from napari_medsam.adaptation.within_scan import adapt_to_anchors
-
+def test_a_model_with_another_decoder_shares_the_embeddings(few_slices, litemedsam):
     session = _session(litemedsam, few_slices)
     z = int(np.flatnonzero(few_slices.labels.any(axis=(1, 2)))[4])
-    result = adapt_to_anchors(session, 0, {z: few_slices.labels[z] == 2}, epochs=2)
-    adapted_session = SegmentationSession(result.model, session.volume, session.mapping,
-                                          cache=session.cache, data_id=session.data_id)
-    ref = SliceRef(0, z + 1)
-    assert session.is_embedded(SliceRef(0, z))
-    assert adapted_session.is_embedded(SliceRef(0, z))  # no new encoder run
+    session.embedding(SliceRef(0, z))
+    other = litemedsam.with_decoder(litemedsam.spec.path("decoder"))
+    shared = SegmentationSession(other, session.volume, session.mapping,
+                                 cache=session.cache, data_id=session.data_id)
+    assert shared.is_embedded(SliceRef(0, z))  # no new encoder run
     box = (10, 10, 30, 30)
-    assert not np.array_equal(adapted_session.predict(ref, box=box).logits,
-                              session.predict(ref, box=box).logits)
-    result.folder.cleanup()
+    assert np.array_equal(shared.predict(SliceRef(0, z), box=box).logits,
+                          session.predict(SliceRef(0, z), box=box).logits)

@@ -8,14 +8,15 @@ propagates:
 * ``base``: :func:`~napari_medsam.segmentation.propagation.propagate_volume` from those
   slices with LiteMedSAM;
 * ``adapted``: the decoder first trained on those slices
-  (:func:`napari_medsam.adaptation.within_scan.adapt_to_anchors`), then the same
+  (:func:`within_scan.adapt_to_anchors` beside this script), then the same
   propagation with it (the embeddings are shared).
 
 With one accepted slice (the largest) and with three (the largest and the slices at 1/4 and
 3/4 of the object's extent). The adaptation's time is stated per object.
 
-    NAPARI_MEDSAM_CACHE=/tmp/adapt-cache python benchmarks/propagation_adapted.py \\
-        --json out/propagation_adapted.json
+    NAPARI_MEDSAM_CACHE=/tmp/adapt-cache python \\
+        research/adaptation_within_scan/propagation_adapted.py --anchors 3 \\
+        --json research/adaptation_within_scan/results.json
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src_tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
-from conftest import case_dir, dice  # noqa: E402
+from helpers import case_dir, dice  # noqa: E402
+from within_scan import adapt_to_anchors  # noqa: E402
 
-from napari_medsam.adaptation.within_scan import adapt_to_anchors  # noqa: E402
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.io import read_volume  # noqa: E402
 from napari_medsam.io.intensity import auto_mapping  # noqa: E402
@@ -80,13 +83,19 @@ def main() -> None:
             kwargs = {"epochs": args.epochs} if args.epochs else {}
             result = adapt_to_anchors(session, 0, anchors, **kwargs)
             seconds = time.perf_counter() - started
-            adapted_session = SegmentationSession(result.model, volume.array, session.mapping,
-                                                  zoom="auto", cache=session.cache,
-                                                  data_id=session.data_id)
-            adapted = dice(propagate_volume(adapted_session, 0, anchors), obj)
-            result.folder.cleanup()
+            if result.model is None:  # not adapted (one anchor, or no gain on the held-out)
+                adapted = base
+            else:
+                adapted_session = SegmentationSession(result.model, volume.array,
+                                                      session.mapping, zoom="auto",
+                                                      cache=session.cache,
+                                                      data_id=session.data_id)
+                adapted = dice(propagate_volume(adapted_session, 0, anchors), obj)
+            result.close()
             row = {"object": f"{case}/{label}:{value}", "anchors": count,
                    "base": round(base, 4), "adapted": round(adapted, 4),
+                   "used": result.model is not None, "heldout": result.heldout,
+                   "reason": result.reason,
                    "adapt_seconds": round(seconds, 1), "examples": result.examples}
             rows.append(row)
             print(row, flush=True)
