@@ -63,3 +63,29 @@ def test_runtime_never_imports_torch(litemedsam):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8",
                             errors="replace")
     assert result.returncode == 0, result.stderr
+
+
+def test_core_modules_import_without_napari_or_qt():
+    """Every module outside the UI (io, engine, segmentation, adaptation, models, the CLI)
+    imports with napari and every Qt binding made unimportable."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "BLOCKED = ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui',\n"
+        "           'superqt', 'vispy')\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import napari_medsam\n"
+        "names = [m.name for m in pkgutil.walk_packages(napari_medsam.__path__,\n"
+        "                                                'napari_medsam.')]\n"
+        "core = [n for n in names if not n.split('.')[1].startswith('_') and\n"
+        "        n.split('.')[1] != 'demo' and not n.endswith('__main__')]\n"
+        "for name in core:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(core))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8",
+                            errors="replace")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) > 40  # io, engine, segmentation, adaptation, models, cli
