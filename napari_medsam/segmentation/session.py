@@ -37,6 +37,7 @@ from .roi import (
     hysteresis_mask,
     is_fixed_window,
 )
+from .session_clicks import _SlicePredictor, native_clicks, zoom_clicks
 
 logger = logging.getLogger(__name__)
 
@@ -309,31 +310,8 @@ class SegmentationSession:
         return hysteresis_mask(pred.logits, policy.weak_logit)
 
     def _zoom_clicks(self, ref: SliceRef, result, clicks: Sequence[Click]) -> np.ndarray:
-        """A click result segmented again through the ROI rule (``roi_policy.clicks``).
-
-        ``"box"``: the box the click search ended with, ``"refit"``: the click mask's box
-        grown by 10 % + 1 pixel, is predicted like a drawn box (whole slice and ROI
-        combined, hysteresis threshold); the components under the positive clicks are kept
-        and those holding only negative clicks are removed. Falls back to the click search's
-        own mask when the box gets no ROI or the new mask comes out empty.
-        """
-        mask = np.asarray(result.mask, dtype=bool)
-        mode = self.roi_policy.clicks
-        if mode in ("off", "search") or result.box is None or not mask.any():
-            return mask
-        from .clicks import _components_at, _fit_box
-
-        box = result.box if mode == "box" else _fit_box(mask, mask.shape)
-        if self.crop_for(ref, box) is None:
-            return mask
-        pos = [(int(round(c.x)), int(round(c.y))) for c in clicks if c.positive]
-        neg = [(int(round(c.x)), int(round(c.y))) for c in clicks if not c.positive]
-        redone = self._box_mask(ref, box)
-        if pos:
-            redone = _components_at(redone, pos)
-        if neg:
-            redone = redone & ~(_components_at(redone, neg) & ~_components_at(redone, pos))
-        return redone if redone.any() else mask
+        """A click result redone through the ROI rule (:func:`.session_clicks.zoom_clicks`)."""
+        return zoom_clicks(self, ref, result, clicks)
 
     def predict_prompts(self, ref: SliceRef, boxes: Sequence[Box | Sequence[float]] = (),
                         positives: Sequence[tuple[float, float]] = (),
@@ -397,19 +375,8 @@ class SegmentationSession:
 
     def _native_clicks(self, ref: SliceRef, box: Box | None,
                        points: list[Click]) -> np.ndarray:
-        """Clicks (and a box) as one point prompt; with ``zoom == "auto"`` a small result
-        is predicted again in its region of interest and the two are combined, as boxes
-        are (two decoder calls)."""
-        pred = self.predict(ref, box=box, points=points)
-        if box is not None or not pred.mask.any() or not self.roi_active(ref.axis):
-            return pred.mask
-        rows = np.flatnonzero(pred.mask.any(axis=1))
-        cols = np.flatnonzero(pred.mask.any(axis=0))
-        crop = self.crop_for(ref, Box(cols[0], rows[0], cols[-1], rows[-1]))
-        if crop is None:
-            return pred.mask
-        roi = self.predict_in_crop(ref, crop, points=points)
-        return combine_predictions(pred, roi, self.roi_policy.combine).mask
+        """Clicks (and a box) as one point prompt (:func:`.session_clicks.native_clicks`)."""
+        return native_clicks(self, ref, box, points, combine_predictions)
 
     @property
     def click_ranking(self) -> str:
@@ -429,18 +396,3 @@ class SegmentationSession:
                 if 0 <= index < size and not self.is_embedded(neighbour):
                     self.embedding(neighbour)
                     yield index
-
-
-class _SlicePredictor:
-    """A prompt model for :func:`~napari_medsam.segmentation.clicks.segment_clicks` that
-    predicts every box on one slice through :meth:`SegmentationSession.predict` (whole slice
-    and ROI combined where the box gets a ROI). The embedding passed in is the slice's own
-    and is not needed again."""
-
-    def __init__(self, session: SegmentationSession, ref: SliceRef) -> None:
-        self.session, self.ref = session, ref
-
-    def predict(self, embedding: Embedding, *, box: Box | None = None,
-                points: Sequence[Click] | None = None,
-                mask_input: np.ndarray | None = None) -> Prediction:
-        return self.session.predict(self.ref, box=box, points=points, mask_input=mask_input)
