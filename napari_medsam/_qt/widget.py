@@ -120,7 +120,7 @@ class SegmentWidget(QWidget):
             "On (auto): a small box is also segmented in a 64-pixel region of interest "
             "seen at 4x (one more encoder run per new region, cached), which raises Dice on "
             "small and faint structures (hippocampus, adrenals, ribs). Off: the whole slice "
-            "only. Same as --zoom auto|off on the command line; see docs/evaluation.md")
+            "only. Same as --zoom auto|off on the command line; see docs/howto/small_structures.md")
         self.zoom_check.toggled.connect(self._on_zoom_toggled)
         self.accept_button = QPushButton("Accept")
         self.accept_button.setToolTip("Write the preview into the labels (Enter)")
