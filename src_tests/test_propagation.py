@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import dice, load_case, tight_box
+from helpers import KIDNEY_LEFT, LIVER, crop_session, dice, load_case, tight_box
 
 from napari_medsam.io.intensity import auto_mapping
 from napari_medsam.segmentation import SegmentationSession, SliceRef
@@ -19,26 +19,6 @@ from napari_medsam.segmentation.propagation import (
     propagate,
     propagate_volume,
 )
-
-CASE = "totalseg_ct_abdomen_pelvis"
-#: Axial slices 98..109: the liver runs through, the left kidney ends at 104 (crop index 6).
-CROP = slice(98, 110)
-LIVER, KIDNEY_LEFT = 5, 3
-
-
-_CROPS: dict[str, tuple] = {}
-
-
-def crop_session(model) -> tuple[SegmentationSession, np.ndarray]:
-    """(session on the cropped CT, cropped reference labels), made once per test run so that
-    this file and ``test_bulk.py`` embed each slice only once."""
-    if model.name not in _CROPS:
-        volume, reference, _ = load_case(CASE)
-        image = np.ascontiguousarray(volume.array[CROP])
-        mapping = auto_mapping(volume.array, volume.modality)  # the whole scan's window
-        _CROPS[model.name] = (SegmentationSession(model, image, mapping),
-                              np.asarray(reference[CROP]))
-    return _CROPS[model.name]
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import dice
+from helpers import dice, rectangle
 
 from napari_medsam._orientation import viewer_camera
 from napari_medsam._qt.widget import BOXES_LAYER, SegmentWidget
@@ -12,18 +12,6 @@ from napari_medsam._sample_data import sample_ct
 
 pytestmark = pytest.mark.gui
 LIVER, SPLEEN = 5, 1
-
-
-def _rectangle(axis, index, rows, cols):
-    """A 3D rectangle on slice ``index`` of ``axis`` covering rows x cols (inclusive)."""
-    corners = [(rows[0], cols[0]), (rows[0], cols[1]), (rows[1], cols[1]), (rows[1], cols[0])]
-    out = []
-    for r, c in corners:
-        vertex = [0.0, 0.0, 0.0]
-        others = [a for a in range(3) if a != axis]
-        vertex[axis], vertex[others[0]], vertex[others[1]] = index, r, c
-        out.append(vertex)
-    return np.array([out])
 
 
 @pytest.fixture
@@ -48,7 +36,7 @@ def _segment(viewer, widget, layer, qtbot, axis, index, mask2d):
     ys, xs = np.nonzero(mask2d)
     widget.preview_mask = None
     viewer.layers[BOXES_LAYER].add_rectangles(
-        _rectangle(axis, index, (ys.min(), ys.max()), (xs.min(), xs.max())))
+        rectangle(axis, index, (ys.min(), ys.max()), (xs.min(), xs.max())))
     qtbot.waitUntil(lambda: widget.preview_mask is not None, timeout=60_000)
     return widget.accept()
 

@@ -98,17 +98,6 @@ def _check_range(session: SegmentationSession, axis: int,
     return max(lo, 0), min(hi, size - 1)
 
 
-def _check_range(session: SegmentationSession, axis: int,
-                 stop_at: tuple[int, int] | None) -> tuple[int, int]:
-    size = session.volume.shape[axis]
-    if stop_at is None:
-        return 0, size - 1
-    lo, hi = (int(v) for v in stop_at)
-    if lo > hi:
-        raise ValueError(f"stop_at must be (first, last) with first <= last, got {stop_at}")
-    return max(lo, 0), min(hi, size - 1)
-
-
 def _runs(segment, image, axis: int, anchors: dict[int, np.ndarray], lo: int, hi: int,
           params: PropagationParams, directions: tuple[int, ...], force: int) -> list[Run]:
     """Runs that fill the gaps between anchors and go beyond the outermost ones.
