@@ -159,9 +159,8 @@ def _propagated_dice(session: SegmentationSession, axis: int,
                      anchors: Mapping[int, np.ndarray], index: int,
                      truth: np.ndarray) -> float:
     """Dice on slice ``index`` of a propagation from ``anchors`` (which exclude it)."""
+    from napari_medsam.evaluation import dice
     from napari_medsam.segmentation.propagation import propagate_volume
 
     mask = np.take(propagate_volume(session, axis, anchors), index, axis=axis)
-    truth = np.asarray(truth, dtype=bool)
-    total = int(mask.sum()) + int(truth.sum())
-    return 2.0 * int((mask & truth).sum()) / total if total else 1.0
+    return dice(mask, np.asarray(truth, dtype=bool))
