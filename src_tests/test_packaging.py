@@ -30,7 +30,24 @@ def test_wheel_contains_manifest_registry_and_samples(wheel):
     assert not any("hippocampus" in n for n in names), "CC-BY-SA data must stay out of the wheel"
     assert not any(n.endswith(".onnx") for n in names)
     manifest = zipfile.ZipFile(wheel).read("napari_medsam/napari.yaml").decode()
-    assert manifest == (ROOT / "napari.yaml").read_text()
+    assert manifest == (ROOT / "napari_medsam" / "napari.yaml").read_text()
+    registry = zipfile.ZipFile(wheel).read("napari_medsam/models/registry.json").decode()
+    assert registry == (ROOT / "models" / "registry.json").read_text()
+
+
+def test_every_package_folder_is_listed_and_no_file_is_a_symlink():
+    """pyproject lists the packages (models/ is mapped into the package), so a new package
+    folder must be added there; symlinks break Windows checkouts, so git tracks none."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI runs 3.11)
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.parent.relative_to(ROOT).parts)
+               for p in (ROOT / "napari_medsam").rglob("__init__.py")}
+    assert folders | {"napari_medsam.models"} == set(config["packages"])
+    assert config["package-dir"]["napari_medsam.models"] == "models"
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-s"], capture_output=True,
+                             encoding="utf-8", check=True).stdout.splitlines()
+    links = [line.split("\t", 1)[1] for line in tracked if line.startswith("120000")]
+    assert links == [], f"symlinks tracked by git: {links}"
 
 
 def test_wheel_declares_the_napari_manifest_entry_point(wheel):
@@ -78,8 +95,11 @@ def test_core_modules_import_without_napari_or_qt():
         "            raise ImportError(f'{name} is blocked in this test')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import napari_medsam\n"
+        "import napari_medsam.models\n"
         "names = [m.name for m in pkgutil.walk_packages(napari_medsam.__path__,\n"
         "                                                'napari_medsam.')]\n"
+        "names += [m.name for m in pkgutil.walk_packages(napari_medsam.models.__path__,\n"
+        "                                                 'napari_medsam.models.')]\n"
         "core = [n for n in names if not n.split('.')[1].startswith('_') and\n"
         "        n.split('.')[1] != 'demo' and not n.endswith('__main__')]\n"
         "for name in core:\n"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from napari_medsam._prompt_layers import BOXES_LAYER, CLICKS_LAYER
+from napari_medsam._qt.image_view import ImageView
 from napari_medsam._qt.objects_view import ObjectsView
 from napari_medsam._qt.prompts_view import PromptsView
 from napari_medsam._qt.widget import SegmentWidget
@@ -20,7 +21,7 @@ from napari_medsam._sample_data import sample_ct
 pytestmark = pytest.mark.gui
 
 #: Handlers that viewer and layer events call (looked up by name when napari calls them).
-HANDLERS = ((SegmentWidget, "_refresh_images"), (SegmentWidget, "_on_slice_change"),
+HANDLERS = ((ImageView, "refresh"), (SegmentWidget, "_on_slice_change"),
             (SegmentWidget, "_orient"), (WindowView, "_on_contrast_change"),
             (PromptsView, "schedule"), (PromptsView, "_on_clicks_changed"),
             (PromptsView, "_on_click_default"), (ObjectsView, "_objects_changed"),

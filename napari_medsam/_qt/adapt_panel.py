@@ -131,6 +131,11 @@ class AdaptPanel(QGroupBox):
         grid.addWidget(self.progress, 3, 0, 1, 3)
         grid.addWidget(self.result, 4, 0, 1, 3)
         self.progress_text.connect(self.progress.setText)
+        #: Shows or hides the panel (it starts hidden); lives in the widget's layout.
+        self.show_button = QPushButton("Adapt to my labels...")
+        self.show_button.setToolTip("Train the model on the objects accepted so far")
+        self.show_button.clicked.connect(self.toggle)
+        self.setVisible(False)
         self._set_running(False)
 
     @property
@@ -147,6 +152,11 @@ class AdaptPanel(QGroupBox):
         """The model to adapt (a base model, not an adapted one) and the engine to use."""
         self.base, self.device, self.backend = base, device, backend
         self.refresh()
+
+    def toggle(self) -> None:
+        """Show (or hide) the panel, offering the target labels' objects."""
+        self.refresh()
+        self.setVisible(not self.isVisible())
 
     def refresh(self) -> None:
         """Offer the label values the target labels hold and a free model name."""

@@ -16,7 +16,6 @@ owns the Autosaver of the widget.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections import deque
@@ -26,12 +25,12 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_medsam._qt.connections import Connections
 from napari_medsam._qt.paint_events import PaintEventHooks
+from napari_medsam._qt.snapshots import snapshot_of
 from napari_medsam.io.labels_mirror import LabelsMirror
 from napari_medsam.io.recovery import (
     AUTOSAVE_EDITS,
@@ -44,15 +43,6 @@ from napari_medsam.io.recovery import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["Autosaver"]
-
-
-def _colors(labels: Labels) -> dict[int | None, tuple[float, ...]] | None:
-    """The colours of a layer with a direct (per label) colour map, else None."""
-    colormap = labels.colormap
-    if not isinstance(colormap, DirectLabelColormap):
-        return None
-    return {key: tuple(float(c) for c in np.asarray(value).ravel())
-            for key, value in colormap.color_dict.items()}
 
 
 class Autosaver(PaintEventHooks, QObject):
@@ -244,14 +234,8 @@ class Autosaver(PaintEventHooks, QObject):
 
     # ------------------------------------------------------------ writing
     def _snapshot(self, labels: np.ndarray) -> RecoverySnapshot:
-        layer = self.labels
-        assert layer is not None and self.digest is not None
-        metadata = dict(self.image.metadata) if self.image is not None else {}
-        metadata.update(layer.metadata)
-        return RecoverySnapshot(image_digest=self.digest, labels=labels, layer_name=layer.name,
-                                metadata=copy.deepcopy(metadata), colors=_colors(layer),
-                                scale=tuple(float(s) for s in layer.scale),
-                                translate=tuple(float(t) for t in layer.translate))
+        assert self.labels is not None and self.digest is not None
+        return snapshot_of(self.labels, self.image, self.digest, labels)
 
     def autosave(self) -> bool:
         """Write the labels if they changed since the last write, without blocking.

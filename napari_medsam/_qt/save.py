@@ -9,7 +9,9 @@ from napari.utils.notifications import show_error, show_info
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["save_labels"]
+__all__ = ["ask_save_path", "save_labels"]
+
+FORMATS = "Label maps (*.nii.gz *.nii *.nrrd *.mha)"
 
 
 def save_labels(labels, image, path: str | Path) -> Path | None:
@@ -31,3 +33,11 @@ def save_labels(labels, image, path: str | Path) -> Path | None:
         return None
     show_info(f"Saved {written}")
     return Path(written)
+
+
+def ask_save_path(parent, name: str) -> str | None:
+    """Ask where to save labels ``name`` (a file dialog over ``parent``); None if cancelled."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(parent, "Save labels", f"{name}.nii.gz", FORMATS)
+    return path or None

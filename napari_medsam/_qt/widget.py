@@ -23,14 +23,8 @@ import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -44,13 +38,17 @@ from napari_medsam._prompt_layers import (
 from napari_medsam._qt.adapt_panel import AdaptPanel
 from napari_medsam._qt.connections import Connections
 from napari_medsam._qt.embed_panel import EmbedPanel
+from napari_medsam._qt.image_view import ImageView
+from napari_medsam._qt.label_writes import write_change
 from napari_medsam._qt.model_view import ModelView
 from napari_medsam._qt.objects_view import NEW_LABELS, ObjectsView
+from napari_medsam._qt.options_view import OptionsView
 from napari_medsam._qt.prompts_view import PromptsView
 from napari_medsam._qt.recovery_bar import RecoveryBar
-from napari_medsam._qt.save import save_labels
+from napari_medsam._qt.save import ask_save_path, save_labels
 from napari_medsam._qt.slices import current_slice, mapping_for_layer
 from napari_medsam._qt.volume_panel import VolumePanel
+from napari_medsam._qt.widget_layout import lay_out
 from napari_medsam._qt.window_view import WindowView
 from napari_medsam.segmentation import SegmentationSession, SliceRef
 from napari_medsam.segmentation.annotation import AnnotationModel
@@ -86,18 +84,18 @@ class SegmentWidget(QWidget):
         self._watched: set[int] = set()
         self._build_ui()
         connect = self._connections.connect
-        connect(self.viewer.layers.events.inserted, self._refresh_images)
-        connect(self.viewer.layers.events.removed, self._refresh_images)
         connect(self.viewer.dims.events.current_step, self._on_slice_change)
         connect(self.viewer.dims.events.order, self._orient)
         connect(self.viewer.dims.events.ndisplay, self._orient)
-        self._refresh_images()
+        self.images.refresh()
         self.models.load()
 
     # ----------------------------------------------------------------- UI
     def _build_ui(self) -> None:
-        self.image_combo = QComboBox()
-        self.image_combo.currentIndexChanged.connect(self._on_image_change)
+        self.images = ImageView(self.viewer, parent=self)
+        self.images.changed.connect(self._on_image_change)
+        self.images.listed.connect(self._on_images_listed)
+        self.image_combo = self.images.combo
         self.model_label = self.models.model_label
         self.models.model_combo.currentTextChanged.connect(self._on_model_picked)
         self.window = WindowView(self.annotation, parent=self)
@@ -111,17 +109,10 @@ class SegmentWidget(QWidget):
         self.prompts = PromptsView(self.annotation, self.viewer,
                                    busy=lambda: self.embed_panel.running, parent=self)
         self.negative_check = self.prompts.negative_check
-        self.overwrite_check = QCheckBox("Overwrite other objects")
-        self.overwrite_check.setToolTip("Off: voxels of other objects are kept")
-        self.overwrite_check.toggled.connect(self._on_overwrite_toggled)
-        self.zoom_check = QCheckBox("Zoom small objects")
-        self.zoom_check.setChecked(True)
-        self.zoom_check.setToolTip(
-            "On (auto): a small box is also segmented in a 64-pixel region of interest "
-            "seen at 4x (one more encoder run per new region, cached), which raises Dice on "
-            "small and faint structures (hippocampus, adrenals, ribs). Off: the whole slice "
-            "only. Same as --zoom auto|off on the command line; see docs/howto/small_structures.md")
-        self.zoom_check.toggled.connect(self._on_zoom_toggled)
+        self.options = OptionsView(self.annotation, parent=self)
+        self.options.zoom_changed.connect(self._on_zoom_changed)
+        self.overwrite_check, self.zoom_check = (self.options.overwrite_check,
+                                                 self.options.zoom_check)
         self.accept_button = QPushButton("Accept")
         self.accept_button.setToolTip("Write the preview into the labels (Enter)")
         self.accept_button.clicked.connect(self.accept)
@@ -134,7 +125,7 @@ class SegmentWidget(QWidget):
         self.status.setWordWrap(True)
         self.status.setMinimumHeight(48)
         self._build_panels()
-        self._lay_out(clear_button, save_button)
+        lay_out(self, clear_button, save_button)
         self.setToolTip(SHORTCUTS)
 
     def _build_panels(self) -> None:
@@ -156,47 +147,10 @@ class SegmentWidget(QWidget):
         self.volume_panel.status.connect(self._set_status)
         self.volume_panel.labels_changed.connect(self.refresh_objects)
         self.adapt_panel = AdaptPanel(self.annotation, self.viewer)
-        self.adapt_panel.setVisible(False)
         self.adapt_panel.status.connect(self._set_status)
         self.adapt_panel.adapted.connect(lambda _report: self.models.refresh_models())
         self.adapt_panel.use_model.connect(self.set_model)
-        self.adapt_button = QPushButton("Adapt to my labels...")
-        self.adapt_button.setToolTip("Train the model on the objects accepted so far")
-        self.adapt_button.clicked.connect(self.show_adapt_panel)
-
-    def _lay_out(self, clear_button: QPushButton, save_button: QPushButton) -> None:
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Model", self.models.model_combo)
-        form.addRow("", self.model_label)
-        form.addRow("Window", self.window_combo)
-        form.addRow("Labels", self.labels_combo)
-        row = QHBoxLayout()
-        row.addWidget(self.label_spin)
-        row.addWidget(self.label_swatch)
-        row.addWidget(self.label_name)
-        row.addWidget(self.objects_view.new_button)
-        form.addRow("Object id", row)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.recovery)
-        layout.addLayout(form)
-        checks = QHBoxLayout()
-        checks.addWidget(self.negative_check)
-        checks.addWidget(self.overwrite_check)
-        checks.addWidget(self.zoom_check)
-        layout.addLayout(checks)
-        buttons = QHBoxLayout()
-        for button in (self.accept_button, clear_button, save_button):
-            buttons.addWidget(button)
-        layout.addLayout(buttons)
-        layout.addWidget(self.embed_panel)
-        layout.addWidget(self.volume_panel)
-        layout.addWidget(self.adapt_button)
-        layout.addWidget(self.adapt_panel)
-        layout.addWidget(QLabel("Objects"))
-        layout.addWidget(self.objects)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        self.adapt_button = self.adapt_panel.show_button
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -241,19 +195,20 @@ class SegmentWidget(QWidget):
         The session keeps working on the current model until the new one is loaded; the
         in-memory embeddings stay valid (both backends compute the same f32 embeddings).
         """
-        if backend == self.backend and self.model is not None:
-            return
-        self.embed_panel.cancel()
-        self.prompts.stop_prefetch()
-        self.models.set_backend(backend)
+        if backend != self.backend or self.model is None:
+            self._stop_encoding()
+            self.models.set_backend(backend)
 
     def set_model(self, name: str) -> None:
         """Answer prompts with registry model ``name`` (an adapted one, or back to a base)."""
-        if name == self.model_name and self.model is not None:
-            return
+        if name != self.model_name or self.model is None:
+            self._stop_encoding()
+            self.models.set_model(name)
+
+    def _stop_encoding(self) -> None:
+        """Stop the volume embedding and the prefetch (they encode with the model going)."""
         self.embed_panel.cancel()
         self.prompts.stop_prefetch()
-        self.models.set_model(name)
 
     def _on_model_picked(self, name: str) -> None:
         if name:
@@ -270,25 +225,14 @@ class SegmentWidget(QWidget):
         self._set_status(f"Error: {exc}")
 
     # ----------------------------------------------------------------- layers
-    def _refresh_images(self, *_args) -> None:
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers
-                 if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb]
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
-        self.image_combo.blockSignals(False)
-        if current not in names:
-            self._on_image_change()
+    def _on_images_listed(self) -> None:
         self.annotation.image = self.image_layer
         self.objects_view.refresh_choices()
 
     @property
     def image_layer(self) -> Image | None:
-        name = self.image_combo.currentText()
-        return self.viewer.layers[name] if name in self.viewer.layers else None
+        """The image layer being annotated (the *Image* choice), or None."""
+        return self.images.layer
 
     def _on_image_change(self, *_args) -> None:
         self.embed_panel.cancel()  # it embeds the old session's volume
@@ -342,21 +286,12 @@ class SegmentWidget(QWidget):
     @property
     def zoom(self) -> str:
         """``"auto"`` or ``"off"``: the session's region-of-interest rule (the check box)."""
-        return "auto" if self.zoom_check.isChecked() else "off"
+        return self.options.zoom
 
-    def _on_zoom_toggled(self, _checked: bool) -> None:
-        self.annotation.zoom = self.zoom
+    def _on_zoom_changed(self, zoom: str) -> None:
         if self.session is not None:
             self._schedule()  # the preview follows the new rule
-        self._set_status(f"Zoom for small objects: {self.zoom}.")
-
-    def _on_overwrite_toggled(self, checked: bool) -> None:
-        self.annotation.overwrite = checked
-
-    def show_adapt_panel(self) -> None:
-        """Show (or hide) *Adapt to my labels*, offering the target labels' objects."""
-        self.adapt_panel.refresh()
-        self.adapt_panel.setVisible(not self.adapt_panel.isVisible())
+        self._set_status(f"Zoom for small objects: {zoom}.")
 
     # ----------------------------------------------------------------- objects
     def target_labels(self, create: bool = True):
@@ -402,9 +337,7 @@ class SegmentWidget(QWidget):
         except ValueError as exc:
             show_error(f"MedSAM: {exc}")
             return 0
-        if change.count:
-            labels.visible = True  # napari updates only visible layers' slices in place
-            labels.data_setitem(change.indices, change.value)
+        write_change(labels, change)
         self.annotation.accepted(change, ref)  # the slice becomes an anchor
         self.clear(ref)
         self.refresh_objects()
@@ -420,8 +353,7 @@ class SegmentWidget(QWidget):
         """Stop background embedding and wait for running workers (before closing)."""
         from qtpy.QtCore import QThreadPool
 
-        self.prompts.stop_prefetch()
-        self.embed_panel.cancel()
+        self._stop_encoding()
         self.volume_panel.cancel()
         self.adapt_panel.cancel()
         QThreadPool.globalInstance().waitForDone(timeout_ms)
@@ -435,6 +367,7 @@ class SegmentWidget(QWidget):
         self._closed = True
         self._connections.disconnect_all()
         self.models.close()
+        self.images.close()
         self.window.close()
         self.prompts.close()
         self.objects_view.close()
@@ -452,9 +385,8 @@ class SegmentWidget(QWidget):
             show_warning("MedSAM: no labels to save yet")
             return None
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save labels", f"{labels.name}.nii.gz",
-                                                  "Label maps (*.nii.gz *.nii *.nrrd *.mha)")
-            if not path:
+            path = ask_save_path(self, labels.name)
+            if path is None:
                 return None
         written = save_labels(labels, self.image_layer, path)
         if written is not None:
