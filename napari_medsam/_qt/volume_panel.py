@@ -4,7 +4,10 @@ Thin Qt glue over :mod:`napari_medsam.segmentation.propagation` and
 :mod:`napari_medsam.segmentation.bulk`: the work runs on a worker thread, slices stream into the
 preview layer as they are done, Cancel stops between slices (what was done stays in the
 preview), and Accept writes the whole result into the labels as one undoable edit. Nothing
-touches the labels before Accept.
+touches the labels before Accept. After a propagation the info label says where and why each
+direction stopped, and :class:`~napari_medsam._qt.stops_view.StopsView` offers *Go to* and
+*Continue past* for each stop (continued slices join the same pending result); with *Only
+within Slices* on, Propagate and Continue stay in the *Slices* range.
 
 The jobs, the pending result and the 3D edit live in the Qt-free annotation model
 (:mod:`napari_medsam.segmentation.annotation_jobs`, :mod:`~.annotation_edits`); the panel
@@ -25,6 +28,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QGridLayout,
     QGroupBox,
     QLabel,
@@ -35,12 +39,15 @@ from qtpy.QtWidgets import (
 
 from napari_medsam._prompt_layers import BOXES_LAYER, PREVIEW_LAYER, boxes_on_slice
 from napari_medsam._qt.slices import current_slice
+from napari_medsam._qt.stops_view import StopsView
+from napari_medsam.segmentation import SliceRef
 from napari_medsam.segmentation.annotation_edits import (
     ADDED,
     KEPT,
     REMOVED,
     Pending3D,
     PendingRefine,
+    PendingSlices,
     refine_diff,
 )
 from napari_medsam.segmentation.annotation_jobs import (
@@ -48,12 +55,15 @@ from napari_medsam.segmentation.annotation_jobs import (
     SliceDone,
     box_job,
     bulk_job,
+    continue_job,
+    continue_mask,
     propagate_job,
 )
 
 if TYPE_CHECKING:
-    from napari_medsam.segmentation import SegmentationSession, SliceRef
+    from napari_medsam.segmentation import SegmentationSession
     from napari_medsam.segmentation.annotation import AnnotationModel
+    from napari_medsam.segmentation.propagation_stops import DirectionStop
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +105,12 @@ class VolumePanel(QGroupBox):
         self.propagate_button.clicked.connect(self.propagate)
         self.first_spin, self.last_spin = QSpinBox(), QSpinBox()
         for spin, tip in ((self.first_spin, "first"), (self.last_spin, "last")):
-            spin.setToolTip(f"{tip} slice of the 3D box (inclusive)")
+            spin.setToolTip(f"{tip} slice of the 3D box, and of Propagate with Only within "
+                            "Slices (inclusive)")
+        self.range_check = QCheckBox("Only within Slices")
+        self.range_check.setToolTip("Propagate and Continue stop at the first and last slice "
+                                    "above (reason: end of range); off: they go on until the "
+                                    "object ends")
         self.box_button = QPushButton("3D box")
         self.box_button.setToolTip("The box drawn on this slice, applied to every slice from "
                                    "first to last, each adapted to its neighbour's mask")
@@ -122,6 +137,9 @@ class VolumePanel(QGroupBox):
         self.progress.setTextVisible(True)
         self.info = QLabel("")
         self.info.setWordWrap(True)
+        self.stops_view = StopsView()
+        self.stops_view.go_to.connect(self.go_to)
+        self.stops_view.continue_requested.connect(self.continue_past)
 
         grid = QGridLayout(self)
         grid.addWidget(self.propagate_button, 0, 0)
@@ -130,12 +148,14 @@ class VolumePanel(QGroupBox):
         grid.addWidget(QLabel("Slices"), 1, 0)
         grid.addWidget(self.first_spin, 1, 1)
         grid.addWidget(self.last_spin, 1, 2)
-        grid.addWidget(self.box_button, 2, 0)
-        grid.addWidget(self.accept_button, 2, 1)
-        grid.addWidget(self.reject_button, 2, 2)
-        grid.addWidget(self.progress, 3, 0, 1, 2)
-        grid.addWidget(self.cancel_button, 3, 2)
-        grid.addWidget(self.info, 4, 0, 1, 3)
+        grid.addWidget(self.range_check, 2, 1, 1, 2)
+        grid.addWidget(self.box_button, 3, 0)
+        grid.addWidget(self.accept_button, 3, 1)
+        grid.addWidget(self.reject_button, 3, 2)
+        grid.addWidget(self.progress, 4, 0, 1, 2)
+        grid.addWidget(self.cancel_button, 4, 2)
+        grid.addWidget(self.info, 5, 0, 1, 3)
+        grid.addWidget(self.stops_view, 6, 0, 1, 3)
         self._set_running(False)
 
     # ------------------------------------------------------------------ state
@@ -155,6 +175,9 @@ class VolumePanel(QGroupBox):
         self.cancel_button.setEnabled(running)
         self.accept_button.setEnabled(not running and self.pending is not None)
         self.reject_button.setEnabled(not running and self.pending is not None)
+        pending = self.pending
+        self.stops_view.show_stops(pending.stops if isinstance(pending, PendingSlices) else (),
+                                   enabled=not running)
 
     def set_range(self, size: int, index: int) -> None:
         """Fit the slice range spin boxes to the displayed axis."""
@@ -163,6 +186,18 @@ class VolumePanel(QGroupBox):
         if self.first_spin.value() == self.last_spin.value() == 0:
             self.first_spin.setValue(max(0, index - 5))
             self.last_spin.setValue(min(size - 1, index + 5))
+
+    def _range(self, start: int) -> tuple[int, int] | None | bool:
+        """``stop_at``: the *Slices* range if *Only within Slices* is on, else None; False
+        (after a warning) when the run's first slice ``start`` is outside it."""
+        if not self.range_check.isChecked():
+            return None
+        first, last = sorted((self.first_spin.value(), self.last_spin.value()))
+        if not first <= start <= last:
+            show_warning(f"MedSAM: slice {start} is outside the range {first}..{last}; "
+                         "change Slices or turn off Only within Slices")
+            return False
+        return first, last
 
     # ------------------------------------------------------------------ helpers
     def _context(self) -> tuple[SegmentationSession, SliceRef, int] | None:
@@ -186,11 +221,13 @@ class VolumePanel(QGroupBox):
             preview.data[...] = 0
             preview.refresh()
 
-    def _start(self, job, *, streams: bool) -> None:
+    def _start(self, job, *, streams: bool, keep: bool = False) -> None:
+        """Run ``job``; ``keep``: the preview and the pending result stay (Continue)."""
         self._cancel.clear()
-        self._clear_preview()
-        self._preview().colormap = DIFF_COLORS
-        self.annotation.pending = None
+        if not keep:
+            self._clear_preview()
+            self._preview().colormap = DIFF_COLORS
+            self.annotation.pending = None
         self._set_running(True)
         connect = {"returned": self._on_returned, "errored": self._on_error,
                    "finished": self._on_finished}
@@ -223,7 +260,8 @@ class VolumePanel(QGroupBox):
             preview.data = refine_diff(pending.result, preview.data.dtype)
         preview.colormap = DIFF_COLORS
         preview.refresh()
-        self.info.setText(pending.summary)
+        lines = pending.lines if isinstance(pending, PendingSlices) else ()
+        self.info.setText("\n".join(lines) or pending.summary)
         self.status.emit(pending.summary + " Accept 3D or Reject.")
 
     def _on_error(self, exc: Exception) -> None:
@@ -248,8 +286,42 @@ class VolumePanel(QGroupBox):
             show_warning(f"MedSAM: object {label} has no accepted slice along this axis yet; "
                          "accept a mask on a slice first")
             return
-        self._start(partial(propagate_job, session, ref, anchors, label, self._cancel.is_set),
-                    streams=True)
+        stop_at = self._range(ref.index)
+        if stop_at is False:
+            return
+        self._start(partial(propagate_job, session, ref, anchors, label, self._cancel.is_set,
+                            stop_at), streams=True)
+
+    def continue_past(self, stop: DirectionStop) -> None:
+        """Continue the pending propagation past ``stop`` (one of its stops); the new slices
+        stream into the preview and join the pending result."""
+        pending, session = self.pending, self.annotation.session
+        if self.running or session is None or not isinstance(pending, PendingSlices) \
+                or stop not in pending.stops:
+            show_warning("MedSAM: nothing to continue (propagate first, and wait for it)")
+            return
+        stop_at = self._range(stop.last + stop.direction)
+        if stop_at is False:
+            return
+        labels = self.annotation.target
+        anchors = ({} if labels is None else self.annotation.anchor_masks(
+            labels.data, pending.label, SliceRef(pending.axis, stop.last)))
+        try:
+            continue_mask(pending, stop, anchors)
+        except ValueError as exc:
+            show_warning(f"MedSAM: {exc}")
+            return
+        self._start(partial(continue_job, session, pending, stop, anchors, self._cancel.is_set,
+                            stop_at), streams=True, keep=True)
+
+    def go_to(self, index: int) -> None:
+        """Show slice ``index`` along the pending result's axis."""
+        image, pending = self.annotation.image, self.pending
+        if image is not None and isinstance(pending, PendingSlices):
+            position = [0] * image.data.ndim
+            position[pending.axis] = int(np.clip(index, 0, image.data.shape[pending.axis] - 1))
+            dim = self.viewer.dims.ndim - image.data.ndim + pending.axis  # dims align right
+            self.viewer.dims.set_point(dim, image.data_to_world(position)[pending.axis])
 
     def box_3d(self) -> None:
         """The box drawn on this slice, through the slice range of the spin boxes."""

@@ -3,9 +3,9 @@
 The pending 3D result (:class:`PendingSlices` from propagation or a 3D box,
 :class:`PendingRefine` from *Refine* or *Fill gaps*), the change an accept makes
 (:class:`LabelChange`: which voxels go from what to what), the assembly of a 3D edit from a
-pending result, the anchor masks propagation starts from, and small helpers the views show
-(voxels per object, object names, the intensity mapping of a display range, the displayed
-slice).
+pending result, the words for where a propagation stopped (:func:`stop_text`), the anchor
+masks propagation starts from, and small helpers the views show (voxels per object, object
+names, the intensity mapping of a display range, the displayed slice).
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ import numpy as np
 from napari_medsam.io.intensity import CT_WINDOWS, IntensityMapping, ct_window
 
 from .labels import merge_mask, replace_object
+from .propagation_stops import DirectionStop, StopReason
 from .session import SliceRef
 
 if TYPE_CHECKING:
     from .bulk import RefineResult
 
-__all__ = ["ADDED", "KEPT", "REMOVED", "LabelChange", "Pending3D", "PendingKind",
+__all__ = ["ADDED", "CONTINUABLE", "KEPT", "REMOVED", "LabelChange", "Pending3D", "PendingKind",
            "PendingRefine", "PendingSlices", "anchor_masks", "displayed_slice",
            "label_counts", "label_name", "mapping_for_limits", "next_label", "pending_change",
-           "preview_change", "refine_diff", "refine_pending", "slices_pending"]
+           "preview_change", "refine_diff", "refine_pending", "slices_pending", "stop_text"]
 
 #: Values of the 3D preview: the object, voxels a refine adds, voxels it removes.
 KEPT, ADDED, REMOVED = 1, 2, 3
@@ -41,14 +42,26 @@ class PendingKind(enum.Enum):
     REFINE = "refine"  # the whole object as it should be (refine, fill gaps)
 
 
+#: Stops a run can be continued past: those made by a stop rule (not the range's end, an
+#: empty anchor or a cancel).
+CONTINUABLE = frozenset({StopReason.EMPTY, StopReason.JUMP, StopReason.INTENSITY,
+                         StopReason.AREA})
+
+
 @dataclass(frozen=True)
 class PendingSlices:
-    """Masks of object ``label`` on some slices along ``axis``, not yet written."""
+    """Masks of object ``label`` on some slices along ``axis``, not yet written.
+
+    ``stops`` says where each direction of a propagation ended (empty for a 3D box);
+    ``lines`` is what a view shows: the summary's head and one line per stop.
+    """
 
     label: int
     axis: int
     masks: Mapping[int, np.ndarray]
     summary: str
+    stops: tuple[DirectionStop, ...] = ()
+    lines: tuple[str, ...] = ()
     kind: ClassVar[str] = PendingKind.SLICES.value
 
 
@@ -66,16 +79,35 @@ class PendingRefine:
 Pending3D = PendingSlices | PendingRefine
 
 
+def stop_text(stop: DirectionStop) -> str:
+    """Where and why one direction of a propagation ended, in words: "towards lower slices
+    stopped at 105 (intensity shift)"; the parts of a multi-part run follow briefly."""
+    side = "towards lower slices" if stop.direction < 0 else "towards higher slices"
+    if stop.reason is StopReason.END:
+        text = f"{side} went to {stop.last} (end of range)"
+    else:
+        text = f"{side} stopped at {stop.index} ({stop.reason})"
+    if stop.parts:
+        text += " [parts stopped at " + ", ".join(f"{index} ({reason})"
+                                                  for index, reason in stop.parts) + "]"
+    return text
+
+
 def slices_pending(label: int, axis: int, masks: Mapping[int, np.ndarray],
-                   stops: Sequence[str] = (), cancelled: bool = False) -> PendingSlices:
-    """The pending result of a propagation or a 3D box, with its one-line summary."""
-    summary = (f"Object {label}: {sum(1 for m in masks.values() if m.any())} slices "
-               f"segmented along axis {axis}")
-    if stops:
-        summary += f" (stopped: {', '.join(stops)})"
+                   stops: Sequence[DirectionStop] = (), cancelled: bool = False
+                   ) -> PendingSlices:
+    """The pending result of a propagation or a 3D box, with its one-line summary
+    ("Object 2: 34 slices segmented along axis 0; towards lower slices stopped at 105
+    (intensity shift); towards higher slices went to 141 (end of range).")."""
+    head = (f"Object {label}: {sum(1 for m in masks.values() if m.any())} slices "
+            f"segmented along axis {axis}")
     if cancelled:
-        summary += " (cancelled: the slices done so far are kept in the preview)"
-    return PendingSlices(int(label), int(axis), dict(masks), summary + ".")
+        head += " (cancelled: the slices done so far are kept in the preview)"
+    stops = tuple(sorted(stops, key=lambda s: (s.direction, s.last)))
+    phrases = [stop_text(s) for s in stops]
+    summary = "; ".join([head, *phrases]) + "."
+    lines = (head + ".", *(p[0].upper() + p[1:] + "." for p in phrases))
+    return PendingSlices(int(label), int(axis), dict(masks), summary, stops, lines)
 
 
 def refine_pending(operation: str, label: int, result: RefineResult) -> PendingRefine:

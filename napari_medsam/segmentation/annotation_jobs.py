@@ -5,6 +5,10 @@ to show in the preview) and :class:`Progress`, and returns the pending result
 (:class:`~napari_medsam.segmentation.annotation_edits.PendingSlices` or
 :class:`~napari_medsam.segmentation.annotation_edits.PendingRefine`; None when a refine was
 cancelled). ``cancel`` is polled between slices; nothing touches the labels.
+
+A propagation's pending result records where each direction stopped
+(:attr:`~napari_medsam.segmentation.annotation_edits.PendingSlices.stops`);
+:func:`continue_job` extends it past one of those stops.
 """
 
 from __future__ import annotations
@@ -14,10 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .annotation_edits import PendingRefine, PendingSlices, refine_pending, slices_pending
+from .annotation_edits import (
+    CONTINUABLE,
+    PendingRefine,
+    PendingSlices,
+    refine_pending,
+    slices_pending,
+)
+from .propagation_stops import DirectionStop
 from .session import SegmentationSession, SliceRef
 
-__all__ = ["Progress", "SliceDone", "box_job", "bulk_job", "propagate_job"]
+__all__ = ["Progress", "SliceDone", "box_job", "bulk_job", "continue_job", "continue_mask",
+           "propagate_job"]
 
 
 @dataclass(frozen=True)
@@ -41,23 +53,84 @@ Job = Generator[SliceDone | Progress, None, PendingSlices | PendingRefine | None
 
 
 def propagate_job(session: SegmentationSession, ref: SliceRef, anchors: Mapping[int, np.ndarray],
-                  label: int, cancel: Callable[[], bool]) -> Job:
+                  label: int, cancel: Callable[[], bool],
+                  stop_at: tuple[int, int] | None = None) -> Job:
     """Propagate object ``label`` from its ``anchors`` (slice index -> mask) along
-    ``ref.axis``, starting next to the displayed slice."""
+    ``ref.axis``, starting next to the displayed slice; ``stop_at``: the inclusive slice
+    range the run stays in (default: the volume)."""
     from .propagation import propagate
 
-    size = session.volume.shape[ref.axis]
+    lo, hi = _bounds(session, ref.axis, stop_at)
+    total = hi - lo + 1
     masks: dict[int, np.ndarray] = {}
-    stops = []
-    for done, result in enumerate(propagate(session, ref.axis, anchors, start=ref.index,
-                                            cancel=cancel), start=1):
-        if result.stopped:
-            stops.append(f"{result.stopped} at {result.index}")
-        else:
+    run = propagate(session, ref.axis, anchors, start=ref.index, stop_at=stop_at, cancel=cancel)
+    inside = sum(1 for i in anchors if lo <= i <= hi)
+    for done, result in enumerate(run, start=1):
+        if not result.stopped:
             masks[result.index] = result.mask
         yield SliceDone(ref.axis, result.index, result.mask)
-        yield Progress(min(done + len(anchors), size), size)
-    return slices_pending(label, ref.axis, masks, stops, cancel())
+        yield Progress(min(done + inside, total), total)
+    return slices_pending(label, ref.axis, masks, run.stops, cancel())
+
+
+def continue_mask(pending: PendingSlices, stop: DirectionStop,
+                  anchors: Mapping[int, np.ndarray]) -> np.ndarray:
+    """The mask held on ``stop.last``, where a run continued past ``stop`` starts: the
+    pending result's mask of that slice, or the anchor's when ``last`` is an anchor.
+
+    Raises
+    ------
+    ValueError
+        ``stop`` is not one of the pending result's stops, was not made by a stop rule
+        (:data:`~napari_medsam.segmentation.annotation_edits.CONTINUABLE`), or its slice holds
+        no mask.
+    """
+    if stop not in pending.stops:
+        raise ValueError("that stop is not one of this propagation's stops")
+    if stop.reason not in CONTINUABLE:
+        raise ValueError(f"a run that ended by '{stop.reason}' cannot be continued")
+    for source in (pending.masks, anchors):
+        mask = source.get(stop.last)
+        if mask is not None and np.asarray(mask).any():
+            return np.asarray(mask, dtype=bool)
+    raise ValueError(f"slice {stop.last} holds no mask of object {pending.label} to continue "
+                     "from")
+
+
+def continue_job(session: SegmentationSession, pending: PendingSlices, stop: DirectionStop,
+                 anchors: Mapping[int, np.ndarray], cancel: Callable[[], bool],
+                 stop_at: tuple[int, int] | None = None) -> Job:
+    """Continue the propagation of ``pending`` past ``stop`` (one of ``pending.stops``) in
+    its direction, from the mask held on ``stop.last`` (:func:`continue_mask`, which raises
+    ``ValueError`` for a stop that cannot be continued: call it first to check).
+
+    Returns the pending result with the new slices merged in and ``stop`` replaced by where
+    the continued run ended (the other stops are kept).
+    """
+    from .propagation import continue_propagation
+
+    mask = continue_mask(pending, stop, anchors)
+    lo, hi = _bounds(session, pending.axis, stop_at)
+    total = max((hi - stop.last) if stop.direction > 0 else (stop.last - lo), 1)
+    masks = dict(pending.masks)
+    run = continue_propagation(session, pending.axis, stop.last, mask, stop.direction,
+                               stop_at=stop_at, cancel=cancel)
+    for done, result in enumerate(run, start=1):
+        if not result.stopped:
+            masks[result.index] = result.mask
+        yield SliceDone(pending.axis, result.index, result.mask)
+        yield Progress(min(done, total), total)
+    stops = [s for s in pending.stops if s != stop] + list(run.stops)
+    return slices_pending(pending.label, pending.axis, masks, stops, cancel())
+
+
+def _bounds(session: SegmentationSession, axis: int,
+            stop_at: tuple[int, int] | None) -> tuple[int, int]:
+    """The inclusive slice range a run stays in (for the progress bar)."""
+    size = session.volume.shape[axis]
+    if stop_at is None:
+        return 0, size - 1
+    return max(min(stop_at), 0), min(max(stop_at), size - 1)
 
 
 def box_job(session: SegmentationSession, ref: SliceRef, box, first: int, last: int,

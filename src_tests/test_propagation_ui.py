@@ -1,0 +1,215 @@
+"""Where a propagation stopped, Continue past a stop and the Slices range (issue 18), on the
+upper-abdomen CT crop and the sample CT: the Qt-free jobs and pending result, then the 3D
+panel (stop lines, Go to, Continue, Only within Slices, Accept 3D as one undo step).
+
+The left kidney accepted on crop slice 3 (scan slice 101) stops towards lower slices after
+one slice by the area rule although the kidney goes on (measured: the next slices hold it):
+continuing past that stop follows it down to the range's end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import ABDOMEN_CROP, KIDNEY_LEFT, LIVER, crop_session, dice, rectangle, tight_box
+
+from napari_medsam.segmentation import SliceRef
+from napari_medsam.segmentation.annotation_edits import (
+    CONTINUABLE,
+    PendingSlices,
+    pending_change,
+    stop_text,
+)
+from napari_medsam.segmentation.annotation_jobs import (
+    Progress,
+    SliceDone,
+    continue_job,
+    continue_mask,
+    propagate_job,
+)
+from napari_medsam.segmentation.propagation_stops import DirectionStop, StopReason
+
+#: The kidney's anchor slice in the crop: one slice below it the run stops by a rule.
+KIDNEY_ANCHOR = 3
+
+
+def _drain(job) -> tuple[list, PendingSlices]:
+    """Every item a job yields, and what it returns."""
+    items = []
+    while True:
+        try:
+            items.append(next(job))
+        except StopIteration as stop:
+            return items, stop.value
+
+
+def _filled(pending: PendingSlices) -> set[int]:
+    return {i for i, m in pending.masks.items() if m.any()}
+
+
+@pytest.fixture
+def ct_crop(litemedsam):
+    return crop_session(litemedsam)
+
+
+def test_stops_are_data_and_a_run_continues_past_a_rule_stop(ct_crop):
+    session, reference = ct_crop
+    kidney = reference == KIDNEY_LEFT
+    z = KIDNEY_ANCHOR
+    anchors = {z: session.predict(SliceRef(0, z), box=tight_box(kidney[z])).mask}
+    _, pending = _drain(propagate_job(session, SliceRef(0, z), anchors, KIDNEY_LEFT,
+                                      cancel=lambda: False))
+    stops = {s.direction: s for s in pending.stops}
+    assert set(stops) == {-1, +1} and all(isinstance(s, DirectionStop) for s in pending.stops)
+    down, up = stops[-1], stops[+1]
+    assert down.reason in CONTINUABLE and down.last == z  # stopped next to the anchor
+    assert down.index == z - 1 and kidney[z - 1].any()  # although the kidney goes on
+    assert up.reason in CONTINUABLE and kidney[up.last].any()
+    assert stop_text(down) == f"towards lower slices stopped at {z - 1} ({down.reason})"
+    assert stop_text(down) in pending.summary and stop_text(up) in pending.summary
+    assert pending.lines[1:] == (stop_text(down).capitalize() + ".",
+                                 stop_text(up).capitalize() + ".")
+    before = _filled(pending)
+    assert before and min(before) > down.index
+
+    # continue past the lower stop from the anchor's mask, bounded to slices 1..11
+    assert continue_mask(pending, down, anchors) is not None
+    items, more = _drain(continue_job(session, pending, down, anchors, cancel=lambda: False,
+                                      stop_at=(1, 11)))
+    assert [i.index for i in items if isinstance(i, SliceDone)] == [2, 1]
+    assert [i.done for i in items if isinstance(i, Progress)] == [1, 2]
+    assert _filled(more) == before | {1, 2}  # the new slices join the old ones
+    new = {s.direction: s for s in more.stops}
+    assert new[+1] == up  # the other direction's stop is kept
+    assert new[-1] == DirectionStop(-1, 0, StopReason.END, 1)  # the range ends the run
+    assert "towards lower slices went to 1 (end of range)" in more.summary
+    with pytest.raises(ValueError, match="cannot be continued"):
+        continue_mask(more, new[-1], anchors)
+    with pytest.raises(ValueError, match="not one of"):
+        continue_mask(more, down, anchors)
+
+    # the whole result is one edit; the continued slices follow the kidney
+    labels = np.zeros(reference.shape, dtype=np.uint16)
+    labels[z][anchors[z]] = KIDNEY_LEFT
+    change = pending_change(labels, more, overwrite=False)
+    change.apply(labels)
+    assert set(np.unique(change.indices[0]).tolist()) <= _filled(more)
+    assert dice(labels[1:3] == KIDNEY_LEFT, kidney[1:3]) > 0.9  # measured 0.98
+
+
+def test_the_slices_range_bounds_a_propagation(ct_crop):
+    session, reference = ct_crop
+    liver = reference == LIVER
+    anchors = {6: session.predict(SliceRef(0, 6), box=tight_box(liver[6])).mask}
+    items, pending = _drain(propagate_job(session, SliceRef(0, 6), anchors, LIVER,
+                                          cancel=lambda: False, stop_at=(4, 8)))
+    assert sorted(pending.masks) == [4, 5, 7, 8]
+    assert sorted((s.direction, s.index, s.reason, s.last) for s in pending.stops) == [
+        (-1, 3, StopReason.END, 4), (+1, 9, StopReason.END, 8)]
+    progress = [i for i in items if isinstance(i, Progress)]
+    assert progress[-1] == Progress(5, 5)  # the range's 5 slices, the anchor included
+    assert pending.lines == (f"Object {LIVER}: 4 slices segmented along axis 0.",
+                             "Towards lower slices went to 4 (end of range).",
+                             "Towards higher slices went to 8 (end of range).")
+
+
+def test_stop_words_name_the_slice_the_reason_and_the_parts():
+    end = DirectionStop(+1, 142, StopReason.END, 141,
+                        ((130, StopReason.EMPTY), (142, StopReason.END)))
+    assert stop_text(end) == ("towards higher slices went to 141 (end of range) [parts "
+                              "stopped at 130 (empty), 142 (end of range)]")
+    barrier = DirectionStop(-1, 9, StopReason.BARRIER, 10)
+    assert stop_text(barrier) == "towards lower slices stopped at 9 (empty anchor)"
+    assert {StopReason.END, StopReason.BARRIER, StopReason.CANCELLED}.isdisjoint(CONTINUABLE)
+
+
+# ---------------------------------------------------------------------------- the panel
+@pytest.fixture
+def panel_ready(make_napari_viewer, qtbot, litemedsam):
+    from napari_medsam._qt.widget import SegmentWidget
+    from napari_medsam._sample_data import sample_ct
+
+    viewer = make_napari_viewer()
+    (image, image_kwargs, _), (labels, _kwargs, _) = sample_ct()
+    layer = viewer.add_image(image, **image_kwargs)
+    widget = SegmentWidget(viewer, device="cpu")
+    viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=120_000)
+    yield viewer, widget, layer, np.asarray(labels)
+    widget.shutdown()
+
+
+def _accept_box(viewer, widget, layer, qtbot, z, mask2d):
+    """A box around ``mask2d`` on axial slice ``z``, accepted (an anchor)."""
+    from napari_medsam._qt.widget import BOXES_LAYER
+
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+    ys, xs = np.nonzero(mask2d)
+    widget.preview_mask = None
+    viewer.layers[BOXES_LAYER].add_rectangles(
+        rectangle(0, z, (ys.min(), ys.max()), (xs.min(), xs.max())))
+    qtbot.waitUntil(lambda: widget.preview_mask is not None, timeout=60_000)
+    assert widget.accept() > 0
+
+
+def test_panel_shows_stops_continues_within_the_range_and_accepts_once(panel_ready, qtbot,
+                                                                       monkeypatch):
+    from napari_medsam._qt import volume_panel
+
+    warnings: list[str] = []
+    monkeypatch.setattr(volume_panel, "show_warning", warnings.append)
+    viewer, widget, layer, reference = panel_ready
+    z = ABDOMEN_CROP.start + KIDNEY_ANCHOR  # scan slice 101
+    _accept_box(viewer, widget, layer, qtbot, z, reference[z] == KIDNEY_LEFT)
+    target = widget.target_labels()
+    after_2d = target.data.copy()
+    panel = widget.volume_panel
+    panel.range_check.setChecked(True)
+
+    # the displayed slice outside the range: a warning, nothing runs
+    panel.first_spin.setValue(z + 2)
+    panel.last_spin.setValue(z + 6)
+    panel.propagate()
+    assert not panel.running and panel.pending is None
+    assert warnings == [f"MedSAM: slice {z} is outside the range {z + 2}..{z + 6}; change "
+                        "Slices or turn off Only within Slices"]
+
+    first, last = z - 4, z + 5
+    panel.first_spin.setValue(first)
+    panel.last_spin.setValue(last)
+    panel.propagate()
+    qtbot.waitUntil(lambda: not panel.running, timeout=300_000)
+    pending = panel.pending
+    stops = {s.direction: s for s in pending.stops}
+    down, up = stops[-1], stops[+1]
+    assert down.reason in CONTINUABLE and down.index == z - 1
+    assert first <= min(pending.masks) and max(pending.masks) <= last
+    lines = panel.info.text().splitlines()
+    assert lines[1:] == [stop_text(down).capitalize() + ".", stop_text(up).capitalize() + "."]
+    rows = {stop.direction: (go, more) for stop, go, more in panel.stops_view.rows}
+    assert rows[-1][1].isEnabled() and rows[-1][1].text() == f"Continue past {z - 1}"
+    assert rows[+1][1].isEnabled() == (up.reason in CONTINUABLE)
+    rows[-1][0].click()  # Go to: the slice where the run stopped
+    assert widget.current_slice() == SliceRef(0, z - 1)
+
+    before = {i for i, m in pending.masks.items() if m.any()}
+    rows[-1][1].click()  # Continue past it: bounded by the range
+    qtbot.waitUntil(lambda: not panel.running, timeout=300_000)
+    more = panel.pending
+    filled = {i for i, m in more.masks.items() if m.any()}
+    assert filled == before | set(range(first, z))
+    assert set(more.stops) == {up, DirectionStop(-1, first - 1, StopReason.END, first)}
+    assert "went to" in panel.info.text()
+    lower = {stop.direction: more_button for stop, _, more_button in panel.stops_view.rows}
+    assert not lower[-1].isEnabled()  # the range's end: nothing to continue
+    preview = viewer.layers["MedSAM preview"].data
+    assert all(preview[i].any() for i in filled)  # the continued slices streamed in too
+    assert np.array_equal(target.data, after_2d)  # nothing written before Accept 3D
+
+    assert panel.accept() > 0
+    assert panel.stops_view.rows == []
+    written = {int(i) for i in np.flatnonzero((target.data == more.label).any(axis=(1, 2)))}
+    assert filled | {z} <= written
+    target.undo()  # one step takes the propagation and its continuation back
+    assert np.array_equal(target.data, after_2d)
