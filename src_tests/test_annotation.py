@@ -18,7 +18,7 @@ import pytest
 from napari_medsam.io import read_volume
 from napari_medsam.io.intensity import auto_mapping
 from napari_medsam.segmentation import SegmentationSession, SliceRef
-from napari_medsam.segmentation.annotation import AnnotationModel, Event
+from napari_medsam.segmentation.annotation import AnnotationModel
 from napari_medsam.segmentation.annotation_edits import (
     ADDED,
     KEPT,
@@ -230,15 +230,15 @@ def test_events_follow_the_state_and_close_forgets_the_views():
     model.label = 9
     assert seen[-1] == ("preview", ref, None) and model.create_target is None
 
-    event = Event()
+    # a disconnected view is not called again; disconnecting twice is harmless
     calls = []
-    event.connect(calls.append)
-    event.connect(calls.append)  # once only
-    event.emit(1)
-    event.disconnect(calls.append)
-    event.disconnect(calls.append)  # unknown: ignored
-    event.emit(2)
-    assert calls == [1]
+    model = AnnotationModel()
+    model.events.label.connect(calls.append)
+    model.label = 5
+    model.events.label.disconnect(calls.append)
+    model.events.label.disconnect(calls.append, missing_ok=True)
+    model.label = 6
+    assert calls == [5]
 
 
 def test_small_helpers():

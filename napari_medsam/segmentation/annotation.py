@@ -4,7 +4,7 @@
 of the current scan, the current object (label id), the overwrite rule and the zoom rule, the
 target labels, the propagation anchors (slices the user made), the 2D preview and the pending
 3D result. It computes what an accept changes (:class:`~.annotation_edits.LabelChange`) and
-emits every change through :class:`Event` objects in :attr:`AnnotationModel.events`, which the
+emits every change through the psygnal signals of :attr:`AnnotationModel.events`, which the
 views (``napari_medsam._qt``) connect to; the views draw, run workers and write into napari
 layers, but keep no annotation state of their own. Like napari-animation's ``Animation`` and
 its Qt ``AnimationWidget``, the model knows nothing of its views.
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+from psygnal import Signal, SignalGroup
 
 from .annotation_edits import (
     LabelChange,
@@ -34,56 +34,23 @@ from .session import SegmentationSession, SliceRef
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnnotationEvents", "AnnotationModel", "Event"]
+__all__ = ["AnnotationEvents", "AnnotationModel"]
 
 ZOOM_RULES = ("auto", "off")
 
 
-class Event:
-    """A list of plain callbacks: :meth:`emit` calls each with its arguments, in order."""
+class AnnotationEvents(SignalGroup):
+    """The model's signals (psygnal, as napari's own models) and what each emits."""
 
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[..., Any]] = []
-
-    def connect(self, callback: Callable[..., Any]) -> Callable[..., Any]:
-        """Call ``callback`` on every :meth:`emit` (once, however often it is connected)."""
-        if callback not in self._callbacks:
-            self._callbacks.append(callback)
-        return callback
-
-    def disconnect(self, callback: Callable[..., Any] | None = None) -> None:
-        """Forget ``callback`` (None: every callback); unknown callbacks are ignored."""
-        if callback is None:
-            self._callbacks.clear()
-        elif callback in self._callbacks:
-            self._callbacks.remove(callback)
-
-    @property
-    def callbacks(self) -> tuple[Callable[..., Any], ...]:
-        return tuple(self._callbacks)
-
-    def emit(self, *args: Any) -> None:
-        for callback in tuple(self._callbacks):
-            callback(*args)
-
-
-@dataclass(frozen=True)
-class AnnotationEvents:
-    """The model's events and what each passes to its callbacks."""
-
-    session: Event = field(default_factory=Event)  #: the new session (or None)
-    label: Event = field(default_factory=Event)  #: the new current label id
-    overwrite: Event = field(default_factory=Event)  #: the new overwrite rule (bool)
-    zoom: Event = field(default_factory=Event)  #: the new zoom rule ("auto"/"off")
-    target: Event = field(default_factory=Event)  #: the new target labels (or None)
-    anchors: Event = field(default_factory=Event)  #: (label, axis, index) of a new anchor
-    preview: Event = field(default_factory=Event)  #: (old ref, new ref, mask) of the preview
-    pending: Event = field(default_factory=Event)  #: the new pending 3D result (or None)
-    accepted: Event = field(default_factory=Event)  #: the LabelChange just accepted
-
-    def disconnect_all(self) -> None:
-        for item in fields(self):
-            getattr(self, item.name).disconnect()
+    session = Signal(object)  #: the new session (or None)
+    label = Signal(int)  #: the new current label id
+    overwrite = Signal(bool)  #: the new overwrite rule
+    zoom = Signal(str)  #: the new zoom rule ("auto"/"off")
+    target = Signal(object)  #: the new target labels (or None)
+    anchors = Signal(int, int, int)  #: (label, axis, index) of a new anchor
+    preview = Signal(object, object, object)  #: (old ref, new ref, mask) of the preview
+    pending = Signal(object)  #: the new pending 3D result (or None)
+    accepted = Signal(object)  #: the LabelChange just accepted
 
 
 class AnnotationModel:
@@ -261,5 +228,5 @@ class AnnotationModel:
 
     def close(self) -> None:
         """Forget every view's callbacks (the views are closing)."""
-        self.events.disconnect_all()
+        self.events.disconnect()
         self.create_target = None
