@@ -112,3 +112,22 @@ def test_a_deleted_widget_is_disconnected_too(make_napari_viewer, qtbot, monkeyp
     ours = ("SegmentWidget", "PromptsView", "ObjectsView", "WindowView", "Autosaver")
     assert not [cb for emitter in emitters for cb in emitter.callbacks
                 if any(name in repr(cb) for name in ours)]
+
+
+def test_a_preview_that_finishes_after_the_widget_is_deleted_is_dropped(make_napari_viewer,
+                                                                        qtbot):
+    """Closing napari while a preview is computed: the worker's late signals must not reach
+    the deleted views (a signal forwarded to a deleted view's signal crashed the process)."""
+    from qtpy.QtCore import QCoreApplication, QEvent
+
+    viewer, widget, layer, labels, _ = _open(make_napari_viewer, qtbot, dock=False)
+    z = layer.data.shape[0] // 2
+    viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+    prompts = widget.prompts
+    with qtbot.waitSignal(prompts.decoding, timeout=10_000):  # the worker starts now
+        viewer.layers[BOXES_LAYER].add_rectangles(
+            np.array([[[z, 40, 40], [z, 40, 90], [z, 90, 90], [z, 90, 40]]], dtype=float))
+    widget.deleteLater()
+    QCoreApplication.sendPostedEvents(widget, QEvent.Type.DeferredDelete.value)
+    qtbot.wait(3000)  # the worker finishes meanwhile; its signals must go nowhere
+    assert labels.data.max() == 0

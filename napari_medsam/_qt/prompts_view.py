@@ -153,13 +153,19 @@ class PromptsView(QObject):
                                negatives, session, _start_thread=False,
                                _connect={"returned": self._show_preview,
                                          "errored": self._on_error,
-                                         "finished": self.decoded.emit})
+                                         "finished": self._on_decoded})
         self._predict_worker = worker
         worker.start()
 
     @staticmethod
     def _predict_job(generation, ref, boxes, positives, negatives, session):
         return generation, ref, session.predict_prompts(ref, boxes, positives, negatives)
+
+    def _on_decoded(self) -> None:
+        # a method, not ``self.decoded.emit``: PyQt drops a connection to a method when its
+        # object is deleted, but a late worker signal forwarded to a deleted object's signal
+        # crashes the process (napari closed while a preview is computed)
+        self.decoded.emit()
 
     def _on_error(self, exc: Exception) -> None:
         show_error(f"MedSAM: {exc}")
