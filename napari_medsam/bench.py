@@ -275,20 +275,62 @@ def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
     """
     slices = bench_slices(data_dir, count)
     names = list(rows) if rows else default_rows()
-    failed: dict[str, str] = {}
-    if isolate:
-        for name in names:
-            reason = probe_row(name, model, device, threads)
-            if reason is not None:
-                logger.error("bench row %s failed: %s", name, reason)
-                failed[name] = reason
-        if names[0] in failed:
-            raise RuntimeError(f"the reference row {names[0]} failed: {failed[names[0]]}")
-        names = [n for n in names if n not in failed]
+    failed = _probe_rows(names, model, device, threads) if isolate else {}
+    names = [n for n in names if n not in failed]
     engines = {name: load_row(name, model, device, threads) for name in names}
     base = engines[names[0]]
     prepared = [(base.preprocess(s.image), s) for s in slices]
     net = _torch_net(threads) if torch_reference else None
+    enc, dec, embed_times, masks = _timings(engines, prepared, slices, net, warmup, repeats)
+    table = _rows_table(engines, names, enc, dec, embed_times, masks, net is not None)
+    first = table[0]
+    result = {
+        "model": model,
+        "provider": base.providers[0],
+        "providers": base.providers,
+        "slices": [f"{s.case}:z{s.index}:label{s.label}" for s in slices],
+        "encoder_ms": first["encoder_ms"],
+        "embed_with_preprocessing_ms": first["embed_with_preprocessing_ms"],
+        "decoder_ms": first["decoder_ms"],
+        "threads": threads or os.cpu_count(),
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "python": platform.python_version()},
+        "rows": table,
+        "failed_rows": [{"row": name, "error": reason} for name, reason in failed.items()],
+    }
+    if net is not None:
+        result.update({"torch_encoder_ms": _median_ms(enc["torch"]),
+                       "torch_decoder_ms": _median_ms(dec["torch"]),
+                       "torch": net.version, "torch_threads": net.threads,
+                       "encoder_speedup": first["encoder_speedup"],
+                       "decoder_speedup": first["decoder_speedup"]})
+    if agreement:
+        many = agreement_slices(data_dir)
+        for row in table[1:]:
+            row["agreement"] = mask_agreement(base, engines[row["row"]], many)
+    return result
+
+
+def _probe_rows(names: list[str], model: str, device: str, threads: int | None
+                ) -> dict[str, str]:
+    """Run each row once in a child process (:func:`probe_row`); the rows that failed, with
+    why. Raises RuntimeError when the first (reference) row failed."""
+    failed: dict[str, str] = {}
+    for name in names:
+        reason = probe_row(name, model, device, threads)
+        if reason is not None:
+            logger.error("bench row %s failed: %s", name, reason)
+            failed[name] = reason
+    if names[0] in failed:
+        raise RuntimeError(f"the reference row {names[0]} failed: {failed[names[0]]}")
+    return failed
+
+
+def _timings(engines: dict, prepared: list, slices: list, net, warmup: int, repeats: int):
+    """Encoder, embed (with preprocessing) and decoder times per row (and ``"torch"``), in
+    rounds over every row; and each row's masks of the slices' boxes."""
+    names = list(engines)
+    base = engines[names[0]]
     enc: dict[str, list[float]] = {name: [] for name in names}
     dec: dict[str, list[float]] = {name: [] for name in names}
     embed_times: dict[str, list[float]] = {name: [] for name in names}
@@ -324,6 +366,13 @@ def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
     masks = {name: [engine.predict(emb, box=s.box).mask
                     for emb, s in zip(embeddings[name], slices, strict=True)]
              for name, engine in engines.items()}
+    return enc, dec, embed_times, masks
+
+
+def _rows_table(engines: dict, names: list[str], enc: dict, dec: dict, embed_times: dict,
+                masks: dict, with_torch: bool) -> list[dict]:
+    """One row per engine: medians, mask Dice against the first row, speed-ups over
+    PyTorch (``with_torch``)."""
     table = []
     for name, engine in engines.items():
         row = {"row": name, "provider": engine.providers[0],
@@ -333,33 +382,8 @@ def run_bench(data_dir: Path, *, model: str = "litemedsam", device: str = "cpu",
                "decoder_ms": _median_ms(dec[name])}
         scores = [_dice(a, b) for a, b in zip(masks[names[0]], masks[name], strict=True)]
         row["mask_dice_min_bench_slices"] = round(min(scores), 4)
-        if net is not None:
+        if with_torch:
             row["encoder_speedup"] = round(_median_ms(enc["torch"]) / row["encoder_ms"], 2)
             row["decoder_speedup"] = round(_median_ms(dec["torch"]) / row["decoder_ms"], 2)
         table.append(row)
-    first = table[0]
-    result = {
-        "model": model,
-        "provider": base.providers[0],
-        "providers": base.providers,
-        "slices": [f"{s.case}:z{s.index}:label{s.label}" for s in slices],
-        "encoder_ms": first["encoder_ms"],
-        "embed_with_preprocessing_ms": first["embed_with_preprocessing_ms"],
-        "decoder_ms": first["decoder_ms"],
-        "threads": threads or os.cpu_count(),
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "python": platform.python_version()},
-        "rows": table,
-        "failed_rows": [{"row": name, "error": reason} for name, reason in failed.items()],
-    }
-    if net is not None:
-        result.update({"torch_encoder_ms": _median_ms(enc["torch"]),
-                       "torch_decoder_ms": _median_ms(dec["torch"]),
-                       "torch": net.version, "torch_threads": net.threads,
-                       "encoder_speedup": first["encoder_speedup"],
-                       "decoder_speedup": first["decoder_speedup"]})
-    if agreement:
-        many = agreement_slices(data_dir)
-        for row in table[1:]:
-            row["agreement"] = mask_agreement(base, engines[row["row"]], many)
-    return result
+    return table

@@ -169,6 +169,24 @@ def evaluate(session: SegmentationSession, reference: np.ndarray, mode: str, *,
     roi_before = session.roi_encoder_calls
 
     to_embed = _slices_to_embed(reference, [lab for lab, _ in chosen], axis, mode)
+    result.embed_seconds = _embed_slices(session, to_embed, axis, progress, cancel)
+
+    for n, (label, voxels) in enumerate(chosen, start=1):
+        if cancel is not None and cancel():
+            break
+        result.labels.append(_evaluate_label(session, reference, mode, label, voxels, axis,
+                                             f"({n}/{len(chosen)})", names.get(label),
+                                             jitter, seed, progress, cancel))
+    result.encoder_calls = session.encoder_calls - calls_before
+    result.roi_encoder_calls = session.roi_encoder_calls - roi_before
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _embed_slices(session: SegmentationSession, to_embed: list[int], axis: int,
+                  progress: Progress | None, cancel: Callable[[], bool] | None) -> float:
+    """Embed slices ``to_embed`` along ``axis`` first (so that label times exclude the
+    encoder); the seconds it took."""
     needed = len(to_embed) * _EMBEDDING_BYTES
     if session.cache.max_bytes < needed:
         session.cache.resize(needed)
@@ -179,42 +197,39 @@ def evaluate(session: SegmentationSession, reference: np.ndarray, mode: str, *,
         if progress is not None:
             progress(f"embedding slice {index} ({k}/{len(to_embed)})", False)
         session.embedding(SliceRef(axis, index))
-    result.embed_seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     if progress is not None and to_embed:
-        progress(f"embedded {len(to_embed)} slices along axis {axis} in "
-                 f"{result.embed_seconds:.1f} s", True)
+        progress(f"embedded {len(to_embed)} slices along axis {axis} in {seconds:.1f} s", True)
+    return seconds
 
-    for n, (label, voxels) in enumerate(chosen, start=1):
-        if cancel is not None and cancel():
-            break
-        name = names.get(label)
-        tag = f"[{mode}] label {label}" + (f" {name}" if name else "") + f" ({n}/{len(chosen)})"
-        ref_mask = reference == label
-        predicted = np.zeros(reference.shape, dtype=bool)
-        slices = _present_slices(ref_mask, axis)
-        t_label = time.perf_counter()
-        if mode == "box":
-            steps: Iterator[tuple[Any, ...]] = box_slices(session, ref_mask, axis, jitter,
-                                                          _label_rng(seed, label))
-        elif mode == "click":
-            steps = click_slices(session, ref_mask, axis)
-        else:
-            steps = propagate_slices(session, ref_mask, axis, cancel)
-        for k, step in enumerate(steps, start=1):
-            index, mask = step[0], step[-1]
-            _set_slice(predicted, axis, index, mask)
-            if progress is not None:
-                progress(f"{tag}: slice {index} ({k}/{len(slices)})", False)
-        seconds = time.perf_counter() - t_label
-        score = dice(predicted, ref_mask)
-        result.labels.append(LabelResult(label=label, name=name, dice=score, voxels=voxels,
-                                         slices=len(slices), seconds=seconds))
-        logger.info("%s: Dice %.3f (%d voxels, %d slices, %.1f s)", tag, score, voxels,
-                    len(slices), seconds)
+
+def _evaluate_label(session: SegmentationSession, reference: np.ndarray, mode: str,
+                    label: int, voxels: int, axis: int, count: str, name: str | None,
+                    jitter: int, seed: int | None, progress: Progress | None,
+                    cancel: Callable[[], bool] | None) -> LabelResult:
+    """One label's simulated user and its 3D Dice (``count``: "(n/N)" for the messages)."""
+    tag = f"[{mode}] label {label}" + (f" {name}" if name else "") + f" {count}"
+    ref_mask = reference == label
+    predicted = np.zeros(reference.shape, dtype=bool)
+    slices = _present_slices(ref_mask, axis)
+    t_label = time.perf_counter()
+    if mode == "box":
+        steps: Iterator[tuple[Any, ...]] = box_slices(session, ref_mask, axis, jitter,
+                                                      _label_rng(seed, label))
+    elif mode == "click":
+        steps = click_slices(session, ref_mask, axis)
+    else:
+        steps = propagate_slices(session, ref_mask, axis, cancel)
+    for k, step in enumerate(steps, start=1):
+        index, mask = step[0], step[-1]
+        _set_slice(predicted, axis, index, mask)
         if progress is not None:
-            progress(f"{tag}: Dice {score:.3f} ({seconds:.1f} s)", True)
-    result.encoder_calls = session.encoder_calls - calls_before
-    result.roi_encoder_calls = session.roi_encoder_calls - roi_before
-    result.seconds = time.perf_counter() - t_start
-    return result
-
+            progress(f"{tag}: slice {index} ({k}/{len(slices)})", False)
+    seconds = time.perf_counter() - t_label
+    score = dice(predicted, ref_mask)
+    logger.info("%s: Dice %.3f (%d voxels, %d slices, %.1f s)", tag, score, voxels,
+                len(slices), seconds)
+    if progress is not None:
+        progress(f"{tag}: Dice {score:.3f} ({seconds:.1f} s)", True)
+    return LabelResult(label=label, name=name, dice=score, voxels=voxels, slices=len(slices),
+                       seconds=seconds)

@@ -84,6 +84,7 @@ class EmbedPanel(QGroupBox):
     #: A line for the widget's status.
     status = Signal(str)
 
+    # Long on purpose: it only builds the panel, a short block per control, then the grid.
     def __init__(self, annotation: AnnotationModel, viewer, backend: str = AUTO) -> None:
         super().__init__("Speed")
         self.annotation = annotation

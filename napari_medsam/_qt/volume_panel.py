@@ -91,6 +91,7 @@ class VolumePanel(QGroupBox):
     #: Accept 3D wrote into the target labels.
     labels_changed = Signal()
 
+    # Long on purpose: it only builds the panel, a short block per control, then the grid.
     def __init__(self, annotation: AnnotationModel, viewer) -> None:
         super().__init__("3D")
         self.annotation = annotation

@@ -43,7 +43,7 @@ class AdaptError(RuntimeError):
 
 def base_checkpoint(spec: ModelSpec) -> Path:
     """The checkpoint a model's PyTorch modules come from (built-in or user export)."""
-    from napari_medsam.models.export import EXPORT_INFO, ExportError, _model_checkpoint
+    from napari_medsam.models.export_common import EXPORT_INFO, ExportError, model_checkpoint
 
     if spec.source.get("adapted_from"):
         raise AdaptError(f"{spec.name} is itself adapted; adapt its base model "
@@ -51,7 +51,7 @@ def base_checkpoint(spec: ModelSpec) -> Path:
     try:
         info = json.loads((spec.directory / EXPORT_INFO).read_text()) \
             if (spec.directory / EXPORT_INFO).is_file() else {}
-        return _model_checkpoint(spec, info)
+        return model_checkpoint(spec, info)
     except ExportError as exc:
         raise AdaptError(str(exc)) from exc
 
@@ -98,13 +98,13 @@ def _smoke_run(image_encoder, decoder, spec: ModelSpec):
 def _export_decoder(decoder, args, path: Path) -> None:
     import onnx
 
-    from napari_medsam.models.export import _torch_export
+    from napari_medsam.models.export_common import torch_export
 
-    _torch_export(decoder, args, path,
-                  ["image_embeddings", "point_coords", "point_labels", "mask_input",
-                   "has_mask_input"],
-                  ["low_res_masks", "iou_predictions"],
-                  {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}})
+    torch_export(decoder, args, path,
+                 ["image_embeddings", "point_coords", "point_labels", "mask_input",
+                  "has_mask_input"],
+                 ["low_res_masks", "iou_predictions"],
+                 {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}})
     onnx.checker.check_model(str(path))
 
 

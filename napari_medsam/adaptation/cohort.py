@@ -197,6 +197,8 @@ def _scores(result: TrainingResult, epoch: int) -> dict[str, float | None]:
     return {"box": row.box, "click": row.click, "score": row.score}
 
 
+# Long on purpose: the recipe of one adaptation read top to bottom (embed, split, train,
+# compare clicks, decide, save the model and its card); every step is its own function.
 def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
           base: str = "litemedsam", device: str = "auto", backend: str = "auto",
           zoom: str = "auto", config: TrainingConfig | None = None,

@@ -297,6 +297,9 @@ def _execute(files: list[str], quiet: bool) -> tuple[sitk.Image, sitk.ImageSerie
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
+# Long on purpose: the checks of one read in the order they must run (folder, cut-off files,
+# series choice, geometry, gaps), each failing with its own message; the checks themselves
+# are functions of this module and of dicom_header.
 def read_dicom(folder: Path, chosen: Path | None, slice_gaps: str = "error") -> DicomSeries:
     """Read a DICOM series: the one holding ``chosen``, else the largest in ``folder``.
 
