@@ -148,12 +148,17 @@ def scan_session(model, volume) -> SegmentationSession:
                                zoom="auto", disk_cache=True)
 
 
-def evaluate(session, obj: np.ndarray, row: dict, methods: list[str]) -> None:
+def anchor_of(session, obj: np.ndarray) -> tuple[int, np.ndarray]:
+    """The anchor slice (the reference's largest) and the mask of one tight box there."""
     z = int(np.argmax(obj.sum(axis=(1, 2))))
     ys, xs = np.nonzero(obj[z])
     box = new_propagation.grow_box((int(xs.min()), int(ys.min()), int(xs.max()),
                                     int(ys.max())), 0.0, obj.shape[1:])
-    anchor = np.asarray(session.predict_prompts(SliceRef(0, z), [box]), dtype=bool)
+    return z, np.asarray(session.predict_prompts(SliceRef(0, z), [box]), dtype=bool)
+
+
+def evaluate(session, obj: np.ndarray, row: dict, methods: list[str]) -> None:
+    z, anchor = anchor_of(session, obj)
     row["anchor_dice"] = dice(anchor, obj[z])
     for method in methods:
         t0 = time.perf_counter()
