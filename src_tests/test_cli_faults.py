@@ -77,6 +77,16 @@ def test_a_box_on_a_slice_without_image_data_is_refused(litemedsam):
     assert session.predict_prompts(SliceRef(0, 10), [(20, 20, 60, 60)]).any()
 
 
+def _fresh_cache(model_cache, tmp_path, monkeypatch):
+    """A cache with the session's exported models but no embeddings: whatever other tests
+    embedded before, the interrupted command has all its encoding still to do."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    monkeypatch.setenv("NAPARI_MEDSAM_CACHE", str(cache))
+    return cache
+
+
 def _interrupt(args: list[str], wait_for: str, cache) -> subprocess.CompletedProcess:
     """Run the CLI, send SIGINT once ``wait_for`` appears on stderr, collect the rest."""
     env = {**os.environ, "NAPARI_MEDSAM_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
@@ -101,25 +111,31 @@ def _interrupt(args: list[str], wait_for: str, cache) -> subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_ctrl_c_during_segment_is_one_line_exit_130_and_writes_nothing(litemedsam, model_cache,
-                                                                       tmp_path):
-    objects = [{"label": i + 1, "slice": 4 + i % 12, "box": [20, 20, 70, 90],
-                "slice_range": [4 + i % 12, 5 + i % 12]} for i in range(12)]
-    prompts = tmp_path / "prompts.json"
+                                                                       tmp_path, monkeypatch):
+    # the first object is quick (its progress line is the cue); the others take long enough
+    # (about 18 slices each, nothing embedded yet) that SIGINT always comes while they run
+    objects = [{"label": i + 1, "slice": 4 + i, "box": [20, 20, 70, 90],
+                "slice_range": [4 + i, 5 + i] if i == 0 else [1, 18]} for i in range(12)]
+    work = tmp_path / "work"
+    work.mkdir()
+    prompts = work / "prompts.json"
     prompts.write_text(json.dumps({"objects": objects}))
-    out = tmp_path / "seg.nii.gz"
+    out = work / "seg.nii.gz"
     done = _interrupt(["segment", str(MR / "image.nii.gz"), "--prompts", str(prompts),
-                       "--out", str(out), "--backend", "onnxruntime"], "[1/12]", model_cache)
+                       "--out", str(out), "--backend", "onnxruntime"], "[1/12]",
+                      _fresh_cache(model_cache, tmp_path, monkeypatch))
     assert done.returncode == 130
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "napari-medsam segment: interrupted (Ctrl-C); no output was written")
     assert "about" in done.stderr  # the progress shows the time left
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.json"]
+    assert sorted(p.name for p in work.iterdir()) == ["prompts.json"]
 
 
-def test_ctrl_c_during_embed_keeps_a_valid_cache(litemedsam, model_cache, tmp_path):
+def test_ctrl_c_during_embed_keeps_a_valid_cache(litemedsam, model_cache, tmp_path,
+                                                 monkeypatch):
     done = _interrupt(["embed", str(CT / "image.nii.gz"), "--backend", "onnxruntime"],
-                      "to encode", model_cache)
+                      "to encode", _fresh_cache(model_cache, tmp_path, monkeypatch))
     assert done.returncode == 130
     assert "Traceback" not in done.stderr + done.stdout
     from napari_medsam.engine.disk_cache import cache_entries
