@@ -90,9 +90,12 @@ def _fresh_cache(model_cache, tmp_path, monkeypatch):
 def _interrupt(args: list[str], wait_for: str, cache) -> subprocess.CompletedProcess:
     """Run the CLI, send SIGINT once ``wait_for`` appears on stderr, collect the rest."""
     env = {**os.environ, "NAPARI_MEDSAM_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    # SIGINT's default action restored in the child: a parent that ignores SIGINT (a test
+    # runner's worker process) would otherwise pass that on, and Ctrl-C would do nothing
     proc = subprocess.Popen([sys.executable, "-m", "napari_medsam.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
-                            errors="replace")
+                            errors="replace",
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     deadline = time.monotonic() + 240
     stream = proc.stderr if wait_for.startswith("[") else proc.stdout
