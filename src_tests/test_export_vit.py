@@ -52,14 +52,8 @@ def test_vit_b_checkpoint_exports_and_runs(vit_checkpoint, model_cache):
     assert prediction.logits.shape == mapped[z].shape
     assert np.isfinite(prediction.logits).all()
 
-    # the encoder's ONNX output equals PyTorch's on the same real slice
-    from napari_medsam.models.builders import build_model
-
-    torch_model = build_model("vit_b", vit_checkpoint)
-    tensor, _ = model.preprocess(mapped[z])
-    with torch.inference_mode():
-        ref = torch_model.image_encoder(torch.from_numpy(tensor)).numpy()
-    assert np.abs(ref - embedding.features).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+    # the export's own parity check ran ONNX Runtime's encoder and decoder against PyTorch
+    # (result.max_abs_diff above); a second PyTorch run here would only repeat it
 
 
 def test_checkpoint_that_does_not_fit_is_refused(vit_checkpoint):

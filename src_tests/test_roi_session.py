@@ -124,7 +124,7 @@ def test_eval_cli_zoom_option(tmp_path, capsys):
         assert parser.parse_args([command, "img", *extra, "--zoom", "off"]).zoom == "off"
     out = tmp_path / "auto.json"
     code = main(["eval", str(image), str(label), "--mode", "box", "--labels", "1",
-                 "--device", "cpu", "--backend", "onnxruntime", "--zoom", "auto",
+                 "--device", "cpu", "--zoom", "auto",
                  "--json", str(out)])
     assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
