@@ -11,7 +11,6 @@ from napari_medsam.segmentation.roi import (
     Crop,
     RoiPolicy,
     choose_crop,
-    crop_mapping,
     hysteresis_mask,
 )
 
@@ -99,14 +98,6 @@ def test_combine_predictions_averages_the_logits():
         combine_predictions(a, b, "iou")
 
 
-def test_the_roi_is_mapped_like_its_slice():
-    raw = np.linspace(0, 1000, 400).reshape(20, 20)
-    ct = ct_window("abdomen")
-    assert crop_mapping(raw, ct) is ct
-    mr = auto_mapping(np.linspace(0, 3000, 1000).reshape(10, 10, 10), "MR")
-    assert crop_mapping(raw, mr) is mr
-
-
 def test_the_rule_applies_to_mri_and_to_ct_slices_larger_than_the_model_input():
     policy = RoiPolicy()
     mr = auto_mapping(np.linspace(0, 3000, 1000).reshape(10, 10, 10), "MR")
@@ -138,6 +129,5 @@ def test_policy_validation_and_defaults():
     policy = RoiPolicy()
     assert (policy.upsample, policy.context, policy.reuse_margin, policy.weak_logit) \
         == (4.0, 1.25, 0.1, -3.0)
-    assert (policy.combine, policy.intensity, policy.weak_everywhere, policy.clicks) \
-        == ("mean", "slice", False, "search")
+    assert (policy.combine, policy.intensity) == ("mean", "slice")
     assert policy.canvas(256) == 64

@@ -77,6 +77,9 @@ def test_roi_embedding_is_cached_and_reused(litemedsam, monkeypatch):
     crop = session.crop_for(ref, box)
     assert crop is not None and crop.rows == crop.cols == crop.canvas == 64
     assert crop.contains(box)
+    # the ROI has the slice's grey values (its own mapping, not a local window)
+    np.testing.assert_array_equal(session.crop_image(ref, crop),
+                                  crop.extract(session.slice_image(ref)))
     pred = session.predict(ref, box=box)
     assert session.roi_encoder_calls == 1 and session.encoder_calls == 1
     outside = np.ones(pred.mask.shape, bool)
@@ -150,9 +153,8 @@ def test_clicks_search_through_rois_and_3d_boxes_follow_the_object(litemedsam):
                            image=off.slice_image(ref), ranking=off.click_ranking).mask
     np.testing.assert_array_equal(off.predict_prompts(ref, positives=[click]), plain)
     assert off.roi_encoder_calls == 0
-    # zoom auto (roi_policy.clicks == "search"): the small candidate boxes get one ROI
+    # zoom auto: the small candidate boxes of the click search get one ROI
     auto = _session(litemedsam, volume, "auto", cache=off.cache)
-    assert auto.roi_policy.clicks == "search"
     zoomed = auto.predict_prompts(ref, positives=[click])
     assert zoomed[click[1], click[0]] and auto.roi_encoder_calls >= 1
     auto.roi_encoder_calls = 0

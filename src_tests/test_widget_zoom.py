@@ -68,7 +68,7 @@ def test_zoom_switch_sets_the_session_rule_and_redoes_the_preview(hippocampus_pa
 
 def test_a_click_on_the_hippocampus_follows_the_zoom_switch(hippocampus_panel, qtbot):
     """One positive click: with *Zoom small objects* on, the click search's candidate boxes
-    are segmented in a region of interest too (``RoiPolicy.clicks == "search"``)."""
+    are segmented in a region of interest too."""
     from napari_medsam._prompt_layers import CLICKS_LAYER
     from napari_medsam.evaluation import interior_click
 

@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medsam._prompt_layers import BOXES_LAYER, PREVIEW_LAYER, boxes_on_slice
+from napari_medsam._qt.label_writes import write_change
 from napari_medsam._qt.slices import current_slice
 from napari_medsam._qt.stops_view import StopsView
 from napari_medsam.segmentation import SliceRef
@@ -385,9 +386,7 @@ class VolumePanel(QGroupBox):
             show_warning("MedSAM: nothing to accept in 3D")
             return 0
         change = self.annotation.pending_change(labels.data)
-        if change.count:
-            labels.visible = True  # napari updates only visible layers' slices in place
-            labels.data_setitem(change.indices, change.value)
+        write_change(labels, change)
         self.annotation.accepted(change)  # ends the pending result
         self._clear_preview()
         self._set_running(False)

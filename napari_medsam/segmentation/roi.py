@@ -35,7 +35,6 @@ __all__ = [
     "RoiPolicy",
     "choose_crop",
     "combine_predictions",
-    "crop_mapping",
     "hysteresis_mask",
 ]
 
@@ -173,9 +172,9 @@ class RoiPolicy:
 
     The class attributes below are fixed (the measured choice) and not configurable:
     ``combine`` (the two logit maps are averaged), ``intensity`` and ``percentiles`` (the
-    ROI's grey values are the slice's; both are part of a ROI embedding's cache key),
-    ``weak_everywhere`` (the hysteresis threshold only on boxes that got a ROI) and
-    ``clicks`` (every candidate box of the click search is predicted like a box prompt).
+    ROI's grey values are the slice's; both are part of a ROI embedding's cache key). The
+    hysteresis threshold applies only to boxes that got a ROI, and every candidate box of
+    the click search is predicted like a box prompt.
     """
 
     upsample: float = 4.0
@@ -186,8 +185,6 @@ class RoiPolicy:
     combine: ClassVar[str] = "mean"
     intensity: ClassVar[str] = "slice"
     percentiles: ClassVar[tuple[float, float]] = (0.5, 99.5)
-    weak_everywhere: ClassVar[bool] = False
-    clicks: ClassVar[str] = "search"
 
     def __post_init__(self) -> None:
         if self.context < 1.0:
@@ -275,16 +272,6 @@ def combine_predictions(plain, roi, mode: str = "mean"):
 def is_fixed_window(mapping: IntensityMapping) -> bool:
     """Whether the mapping is a CT window in Hounsfield units (fixed, not data-driven)."""
     return mapping.name in CT_WINDOWS or str(mapping.key).startswith("ct_window:")
-
-
-def crop_mapping(raw_crop: np.ndarray, base: IntensityMapping,
-                 policy: RoiPolicy = DEFAULT_POLICY) -> IntensityMapping:
-    """The intensity mapping the model sees in a crop: the slice's own (``base``).
-
-    The model min-max normalises its input, so a crop is already stretched to its own
-    range; a window of the crop's own percentiles measured no better.
-    """
-    return base
 
 
 def hysteresis_mask(logits: np.ndarray, weak: float | None, strong: float = 0.0) -> np.ndarray:

@@ -33,11 +33,10 @@ from .roi import (
     RoiPolicy,
     choose_crop,
     combine_predictions,
-    crop_mapping,
     hysteresis_mask,
     is_fixed_window,
 )
-from .session_clicks import _SlicePredictor, native_clicks, zoom_clicks
+from .session_clicks import _SlicePredictor, native_clicks
 
 logger = logging.getLogger(__name__)
 
@@ -254,12 +253,13 @@ class SegmentationSession:
         return (ref.axis, ref.index, self.mapping.key)
 
     def crop_image(self, ref: SliceRef, crop: Crop) -> np.ndarray:
-        """The ROI as the model sees it: uint8 (grey values by ``roi_policy.intensity``) on
-        the ROI's square canvas."""
+        """The ROI as the model sees it: uint8 under the slice's own intensity mapping (the
+        model min-max normalises its input, so the ROI is stretched to its own range anyway),
+        on the ROI's square canvas."""
         if not 0 <= ref.axis < 3:
             raise ValueError(f"axis must be 0, 1 or 2, got {ref.axis}")
         raw = crop.extract(np.take(self.volume, ref.index, axis=ref.axis))
-        return crop.canvas_image(crop_mapping(raw, self.mapping, self.roi_policy).apply(raw))
+        return crop.canvas_image(self.mapping.apply(raw))
 
     def crop_embedding(self, ref: SliceRef, crop: Crop) -> Embedding:
         """The crop's embedding, computed once and then taken from the cache."""
@@ -300,18 +300,14 @@ class SegmentationSession:
 
     def _box_mask(self, ref: SliceRef, box: Box) -> np.ndarray:
         """The 2D box path's mask: with ``zoom == "auto"``, ROI and hysteresis threshold
-        (on boxes that got a ROI, or on all when ``roi_policy.weak_everywhere``)."""
+        (on boxes that got a ROI)."""
         pred = self.predict(ref, box=box)
         policy = self.roi_policy
         if policy.weak_logit is None or not self.roi_active(ref.axis):
             return pred.mask
-        if not policy.weak_everywhere and self.crop_for(ref, box) is None:
+        if self.crop_for(ref, box) is None:
             return pred.mask
         return hysteresis_mask(pred.logits, policy.weak_logit)
-
-    def _zoom_clicks(self, ref: SliceRef, result, clicks: Sequence[Click]) -> np.ndarray:
-        """A click result redone through the ROI rule (:func:`.session_clicks.zoom_clicks`)."""
-        return zoom_clicks(self, ref, result, clicks)
 
     def predict_prompts(self, ref: SliceRef, boxes: Sequence[Box | Sequence[float]] = (),
                         positives: Sequence[tuple[float, float]] = (),
@@ -340,16 +336,16 @@ class SegmentationSession:
             from .clicks import segment_clicks
 
             embedding = self.embedding(ref)
-            zoomed = self.roi_policy.clicks == "search" and self.roi_active(ref.axis)
-            # "search": every candidate box goes through self.predict (ROI where it gets
-            # one), which takes the model lock per call
+            zoomed = self.roi_active(ref.axis)
+            # zoomed: every candidate box goes through self.predict (ROI where it gets one),
+            # which takes the model lock per call
             with nullcontext() if zoomed else self._model_lock:
                 result = segment_clicks(_SlicePredictor(self, ref) if zoomed else self.model,
                                         embedding, positives, negatives,
                                         box=boxes.pop() if boxes else None,
                                         image=self.slice_image(ref),
                                         ranking=self.click_ranking)
-            mask = self._zoom_clicks(ref, result, clicks)
+            mask = np.asarray(result.mask, dtype=bool)
         for box in boxes:
             box_mask = self._box_mask(ref, box)
             mask = box_mask if mask is None else (mask | box_mask)

@@ -1,6 +1,6 @@
 """How a :class:`~napari_medsam.segmentation.session.SegmentationSession` answers clicks
-beyond the click search itself: the click search's per-slice predictor, the ROI pass over
-a click result, and point prompts for models that answer clicks natively.
+beyond the click search itself: the click search's per-slice predictor and point prompts
+for models that answer clicks natively.
 
 Kept out of ``session.py`` for its size; the session's methods call these.
 """
@@ -18,35 +18,6 @@ from .roi import combine_predictions
 
 if TYPE_CHECKING:
     from .session import SegmentationSession, SliceRef
-
-
-def zoom_clicks(session: SegmentationSession, ref: SliceRef, result,
-                clicks: Sequence[Click]) -> np.ndarray:
-    """A click result segmented again through the ROI rule (``roi_policy.clicks``).
-
-    ``"box"``: the box the click search ended with, ``"refit"``: the click mask's box
-    grown by 10 % + 1 pixel, is predicted like a drawn box (whole slice and ROI
-    combined, hysteresis threshold); the components under the positive clicks are kept
-    and those holding only negative clicks are removed. Falls back to the click search's
-    own mask when the box gets no ROI or the new mask comes out empty.
-    """
-    mask = np.asarray(result.mask, dtype=bool)
-    mode = session.roi_policy.clicks
-    if mode in ("off", "search") or result.box is None or not mask.any():
-        return mask
-    from .clicks import _components_at, _fit_box
-
-    box = result.box if mode == "box" else _fit_box(mask, mask.shape)
-    if session.crop_for(ref, box) is None:
-        return mask
-    pos = [(int(round(c.x)), int(round(c.y))) for c in clicks if c.positive]
-    neg = [(int(round(c.x)), int(round(c.y))) for c in clicks if not c.positive]
-    redone = session._box_mask(ref, box)
-    if pos:
-        redone = _components_at(redone, pos)
-    if neg:
-        redone = redone & ~(_components_at(redone, neg) & ~_components_at(redone, pos))
-    return redone if redone.any() else mask
 
 
 def native_clicks(session: SegmentationSession, ref: SliceRef, box: Box | None,

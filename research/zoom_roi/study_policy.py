@@ -5,8 +5,12 @@ choice (ROI at 4x, logits averaged, the slice's grey values, hysteresis -3 on bo
 ROI, the click search through ROIs, CT only on slices larger than the model input).
 :class:`StudyRoiPolicy` has every variant the study compared; :func:`install` lets a
 :class:`~napari_medsam.segmentation.SegmentationSession` given such a policy use them (the
-session reads the policy's attributes; the two helpers it imports from ``roi`` are replaced
-by the variants below). Only for ``roi_eval.py`` beside this file.
+session reads the policy's attributes, ``combine_predictions`` and the ROI's grey values are
+replaced by the variants below). Only for ``roi_eval.py`` beside this file.
+
+Since 2026-12-06 the product no longer carries the hooks of two rejected variants,
+``weak_everywhere=True`` and ``clicks="box"/"refit"``: :class:`StudyRoiPolicy` refuses them;
+to rerun them, check out git a1471be, where the session still read those attributes.
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ class StudyRoiPolicy:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got "
                                  f"{getattr(self, name)!r}")
+        if self.weak_everywhere or self.clicks in ("box", "refit"):
+            raise ValueError("weak_everywhere and clicks box/refit need the product at git "
+                             "a1471be (see the module docstring)")
         if self.context < 1.0 or self.upsample <= 0:
             raise ValueError("context must be >= 1 and upsample > 0")
         lo, hi = self.percentiles
@@ -111,7 +118,12 @@ def install() -> None:
     from napari_medsam.segmentation import session
 
     session.combine_predictions = combine_predictions
-    session.crop_mapping = crop_mapping
+
+    def crop_image(self, ref, crop):
+        raw = crop.extract(np.take(self.volume, ref.index, axis=ref.axis))
+        return crop.canvas_image(crop_mapping(raw, self.mapping, self.roi_policy).apply(raw))
+
+    session.SegmentationSession.crop_image = crop_image
 
 
 def check() -> None:
