@@ -227,7 +227,7 @@ def test_params_are_used(ct_crop):
 def test_zoomed_propagation_follows_the_hippocampus_head(litemedsam):
     """With ``zoom="auto"`` (the default) every step on this 52x34 MRI crop is also segmented
     in the whole slice seen at 4x, which raised the run from 0.361 (zoom off) to 0.656; the
-    step and stop rules are the same as on CT (docs/propagation.md, "Zoom auto")."""
+    step and stop rules are the same as on CT."""
     volume, reference, _ = load_case("msd_hippocampus_mr", "hippocampus_003_image.nii.gz",
                                      "hippocampus_003_label.nii.gz")
     session = SegmentationSession(litemedsam, volume.array,
