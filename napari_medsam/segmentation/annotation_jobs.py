@@ -65,11 +65,7 @@ def propagate_job(session: SegmentationSession, ref: SliceRef, anchors: Mapping[
     masks: dict[int, np.ndarray] = {}
     run = propagate(session, ref.axis, anchors, start=ref.index, stop_at=stop_at, cancel=cancel)
     inside = sum(1 for i in anchors if lo <= i <= hi)
-    for done, result in enumerate(run, start=1):
-        if not result.stopped:
-            masks[result.index] = result.mask
-        yield SliceDone(ref.axis, result.index, result.mask)
-        yield Progress(min(done + inside, total), total)
+    yield from _stream(run, ref.axis, masks, inside, total)
     return slices_pending(label, ref.axis, masks, run.stops, cancel())
 
 
@@ -115,13 +111,20 @@ def continue_job(session: SegmentationSession, pending: PendingSlices, stop: Dir
     masks = dict(pending.masks)
     run = continue_propagation(session, pending.axis, stop.last, mask, stop.direction,
                                stop_at=stop_at, cancel=cancel)
+    yield from _stream(run, pending.axis, masks, 0, total)
+    stops = [s for s in pending.stops if s != stop] + list(run.stops)
+    return slices_pending(pending.label, pending.axis, masks, stops, cancel())
+
+
+def _stream(run, axis: int, masks: dict[int, np.ndarray], done_before: int,
+            total: int) -> Generator[SliceDone | Progress, None, None]:
+    """Each slice of a propagation ``run`` into the preview (and, unless it is where the run
+    stopped, into ``masks``), with progress counted from ``done_before`` out of ``total``."""
     for done, result in enumerate(run, start=1):
         if not result.stopped:
             masks[result.index] = result.mask
-        yield SliceDone(pending.axis, result.index, result.mask)
-        yield Progress(min(done, total), total)
-    stops = [s for s in pending.stops if s != stop] + list(run.stops)
-    return slices_pending(pending.label, pending.axis, masks, stops, cancel())
+        yield SliceDone(axis, result.index, result.mask)
+        yield Progress(min(done + done_before, total), total)
 
 
 def _bounds(session: SegmentationSession, axis: int,
