@@ -132,3 +132,21 @@ def ct_liver_crop():
     z = int((reference == 5).sum(axis=(1, 2)).argmax())
     array = np.ascontiguousarray(volume.array[z - 3:z + 3])
     return array, reference[z - 3:z + 3], auto_mapping(volume.array, volume.modality)
+
+
+@pytest.fixture
+def sample_ct_widget(make_napari_viewer, qtbot, litemedsam):
+    """The Segment widget docked in a viewer showing the sample CT, its model loaded:
+    (viewer, widget, image layer, reference labels). Workers are stopped afterwards."""
+    from napari_medsam._qt.widget import SegmentWidget
+    from napari_medsam._sample_data import sample_ct
+
+    viewer = make_napari_viewer()
+    (image, image_kwargs, _), (labels, _label_kwargs, _) = sample_ct()
+    layer = viewer.add_image(image, **image_kwargs)
+    widget = SegmentWidget(viewer, device="cpu")
+    viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=120_000)
+    yield viewer, widget, layer, labels
+    widget.shutdown()
+

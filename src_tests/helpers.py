@@ -100,6 +100,15 @@ LIVER, KIDNEY_LEFT = 5, 3
 _CROPS: dict[str, tuple] = {}
 
 
+def cache_with_models(model_cache: Path, folder: Path) -> Path:
+    """A new cache ``folder/cache`` holding the session's exported models (a link to
+    ``model_cache/models``) and nothing else: no embeddings, no compiled blobs."""
+    cache = folder / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    return cache
+
+
 def crop_session(model) -> tuple[SegmentationSession, np.ndarray]:
     """(session on the cropped CT, cropped reference labels), made once per test run and
     model, so that the tests sharing the crop embed each slice only once."""

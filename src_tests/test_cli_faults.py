@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import case_dir
+from helpers import cache_with_models, case_dir
 
 from napari_medsam.cli import main
 from napari_medsam.engine import PromptError
@@ -80,9 +80,7 @@ def test_a_box_on_a_slice_without_image_data_is_refused(litemedsam):
 def _fresh_cache(model_cache, tmp_path, monkeypatch):
     """A cache with the session's exported models but no embeddings: whatever other tests
     embedded before, the interrupted command has all its encoding still to do."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    cache = cache_with_models(model_cache, tmp_path)
     monkeypatch.setenv("NAPARI_MEDSAM_CACHE", str(cache))
     return cache
 

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from helpers import DATA_DIR, dice
+from helpers import DATA_DIR, cache_with_models, dice
 
 from napari_medsam.engine import backends, load_model
 from napari_medsam.engine import providers as prov
@@ -139,9 +139,7 @@ def test_f32_then_bf16_with_the_compile_cache_does_not_crash(litemedsam, model_c
     import subprocess
     import sys
 
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    cache = cache_with_models(model_cache, tmp_path)
     env = {**os.environ, "NAPARI_MEDSAM_CACHE": str(cache)}
     scan = str(DATA_DIR / "totalseg_ct_abdomen_sm" / "image.nii.gz")
     for run in ("compiles", "imports the blobs"):

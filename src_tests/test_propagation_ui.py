@@ -124,21 +124,6 @@ def test_stop_words_name_the_slice_the_reason_and_the_parts():
 
 
 # ---------------------------------------------------------------------------- the panel
-@pytest.fixture
-def panel_ready(make_napari_viewer, qtbot, litemedsam):
-    from napari_medsam._qt.widget import SegmentWidget
-    from napari_medsam._sample_data import sample_ct
-
-    viewer = make_napari_viewer()
-    (image, image_kwargs, _), (labels, _kwargs, _) = sample_ct()
-    layer = viewer.add_image(image, **image_kwargs)
-    widget = SegmentWidget(viewer, device="cpu")
-    viewer.window.add_dock_widget(widget)
-    qtbot.waitUntil(lambda: widget.session is not None, timeout=120_000)
-    yield viewer, widget, layer, np.asarray(labels)
-    widget.shutdown()
-
-
 def _accept_box(viewer, widget, layer, qtbot, z, mask2d):
     """A box around ``mask2d`` on axial slice ``z``, accepted (an anchor)."""
     from napari_medsam._qt.widget import BOXES_LAYER
@@ -153,13 +138,14 @@ def _accept_box(viewer, widget, layer, qtbot, z, mask2d):
     assert widget.accept() > 0
 
 
-def test_panel_shows_stops_continues_within_the_range_and_accepts_once(panel_ready, qtbot,
+def test_panel_shows_stops_continues_within_the_range_and_accepts_once(sample_ct_widget, qtbot,
                                                                        monkeypatch):
     from napari_medsam._qt import volume_panel
 
     warnings: list[str] = []
     monkeypatch.setattr(volume_panel, "show_warning", warnings.append)
-    viewer, widget, layer, reference = panel_ready
+    viewer, widget, layer, reference = sample_ct_widget
+    reference = np.asarray(reference)
     z = ABDOMEN_CROP.start + KIDNEY_ANCHOR  # scan slice 101
     _accept_box(viewer, widget, layer, qtbot, z, reference[z] == KIDNEY_LEFT)
     target = widget.target_labels()

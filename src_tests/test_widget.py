@@ -14,18 +14,6 @@ pytestmark = pytest.mark.gui
 LIVER, SPLEEN = 5, 1
 
 
-@pytest.fixture
-def ready(make_napari_viewer, qtbot, litemedsam):
-    viewer = make_napari_viewer()
-    (image, image_kwargs, _), (labels, _label_kwargs, _) = sample_ct()
-    layer = viewer.add_image(image, **image_kwargs)
-    widget = SegmentWidget(viewer, device="cpu")
-    viewer.window.add_dock_widget(widget)
-    qtbot.waitUntil(lambda: widget.session is not None, timeout=120_000)
-    yield viewer, widget, layer, labels
-    widget.shutdown()
-
-
 def _segment(viewer, widget, layer, qtbot, axis, index, mask2d):
     viewer.dims.order = tuple([axis] + [a for a in range(3) if a != axis])
     point = list(viewer.dims.point)
@@ -41,8 +29,8 @@ def _segment(viewer, widget, layer, qtbot, axis, index, mask2d):
     return widget.accept()
 
 
-def test_axial_box_preview_accept_undo_redo(ready, qtbot):
-    viewer, widget, layer, reference = ready
+def test_axial_box_preview_accept_undo_redo(sample_ct_widget, qtbot):
+    viewer, widget, layer, reference = sample_ct_widget
     z = int((reference == LIVER).sum(axis=(1, 2)).argmax())
     accepted = _segment(viewer, widget, layer, qtbot, 0, z, reference[z] == LIVER)
     target = widget.target_labels()
@@ -61,8 +49,8 @@ def _vertical(viewer) -> str:
     return str(getattr(value, "value", value))
 
 
-def test_coronal_box_and_keep_rule(ready, qtbot):
-    viewer, widget, layer, reference = ready
+def test_coronal_box_and_keep_rule(sample_ct_widget, qtbot):
+    viewer, widget, layer, reference = sample_ct_widget
     assert _vertical(viewer) == "down"  # axial: anterior up through the layer's scale
     y = int((reference == LIVER).sum(axis=(0, 2)).argmax())
     _segment(viewer, widget, layer, qtbot, 1, y, reference[:, y, :] == LIVER)
@@ -81,8 +69,8 @@ def test_coronal_box_and_keep_rule(ready, qtbot):
     assert _vertical(viewer) == "down"
 
 
-def test_window_choice_sets_what_the_model_sees(ready, qtbot):
-    viewer, widget, layer, _ = ready
+def test_window_choice_sets_what_the_model_sees(sample_ct_widget, qtbot):
+    viewer, widget, layer, _ = sample_ct_widget
     widget.window_combo.setCurrentText("lung")
     assert tuple(layer.contrast_limits) == (-1350.0, 150.0)
     assert widget.session.mapping.name == "lung"
@@ -106,12 +94,12 @@ def test_missing_model_is_a_clear_message_not_a_crash(make_napari_viewer, qtbot,
     assert len(viewer.layers) == 1  # nothing else touched
 
 
-def test_one_positive_click_segments_the_organ(ready, qtbot):
+def test_one_positive_click_segments_the_organ(sample_ct_widget, qtbot):
     from scipy import ndimage
 
     from napari_medsam._prompt_layers import CLICKS_LAYER
 
-    viewer, widget, layer, reference = ready
+    viewer, widget, layer, reference = sample_ct_widget
     z = int((reference == SPLEEN).sum(axis=(1, 2)).argmax())
     viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
     truth = reference[z] == SPLEEN
@@ -124,10 +112,10 @@ def test_one_positive_click_segments_the_organ(ready, qtbot):
     assert len(viewer.layers[CLICKS_LAYER].data) == 0  # accepted: the slice's clicks go
 
 
-def test_existing_labels_layer_and_object_list_follow_undo_and_paint(ready, qtbot):
+def test_existing_labels_layer_and_object_list_follow_undo_and_paint(sample_ct_widget, qtbot):
     from napari_medsam._qt.widget import NEW_LABELS, label_counts
 
-    viewer, widget, layer, reference = ready
+    viewer, widget, layer, reference = sample_ct_widget
     existing = viewer.add_labels(reference.copy(), name="previous session",
                                  scale=layer.scale, translate=layer.translate)
     # another layer of the image's shape is offered but never picked unasked
@@ -163,8 +151,8 @@ def _wait_idle(panel, qtbot, timeout=300_000):
     qtbot.waitUntil(lambda: not panel.running, timeout=timeout)
 
 
-def test_propagate_streams_then_accepts_as_one_undo_step(ready, qtbot):
-    viewer, widget, layer, reference = ready
+def test_propagate_streams_then_accepts_as_one_undo_step(sample_ct_widget, qtbot):
+    viewer, widget, layer, reference = sample_ct_widget
     z = int((reference == SPLEEN).sum(axis=(1, 2)).argmax())
     _segment(viewer, widget, layer, qtbot, 0, z, reference[z] == SPLEEN)
     target = widget.target_labels()
@@ -186,8 +174,8 @@ def test_propagate_streams_then_accepts_as_one_undo_step(ready, qtbot):
     assert np.array_equal(target.data, after_2d)
 
 
-def test_cancel_mid_propagation_leaves_labels_untouched(ready, qtbot):
-    viewer, widget, layer, reference = ready
+def test_cancel_mid_propagation_leaves_labels_untouched(sample_ct_widget, qtbot):
+    viewer, widget, layer, reference = sample_ct_widget
     z = int((reference == LIVER).sum(axis=(1, 2)).argmax())
     _segment(viewer, widget, layer, qtbot, 0, z, reference[z] == LIVER)
     target = widget.target_labels()
@@ -206,10 +194,10 @@ def test_cancel_mid_propagation_leaves_labels_untouched(ready, qtbot):
     assert not viewer.layers["MedSAM preview"].data.any()
 
 
-def test_refine_shows_a_diff_and_accepts_per_label(ready, qtbot):
+def test_refine_shows_a_diff_and_accepts_per_label(sample_ct_widget, qtbot):
     from scipy import ndimage
 
-    viewer, widget, layer, reference = ready
+    viewer, widget, layer, reference = sample_ct_widget
     damaged = np.where(ndimage.binary_dilation(reference == SPLEEN, iterations=2)
                        & (reference == 0), SPLEEN, reference).astype(np.uint16)
     target = viewer.add_labels(damaged, name="damaged", scale=layer.scale,
@@ -230,10 +218,10 @@ def test_refine_shows_a_diff_and_accepts_per_label(ready, qtbot):
     assert np.array_equal(target.data[others], reference[others])  # other organs kept
 
 
-def test_negative_check_box_shows_the_sign_of_the_next_click(ready, qtbot):
+def test_negative_check_box_shows_the_sign_of_the_next_click(sample_ct_widget, qtbot):
     from napari_medsam._prompt_layers import CLICKS_LAYER
 
-    viewer, widget, layer, reference = ready
+    viewer, widget, layer, reference = sample_ct_widget
     z = int((reference == SPLEEN).sum(axis=(1, 2)).argmax())
     viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
     clicks = viewer.layers[CLICKS_LAYER]
