@@ -50,8 +50,9 @@ def test_invalid_backend_or_precision_is_exit_2(command, option, tmp_path, capsy
     assert not (tmp_path / "seg.nii.gz").exists()
 
 
+@pytest.mark.parametrize("remote", [False, True])
 @pytest.mark.parametrize("command", ["segment", "eval"])
-def test_backend_reaches_load_model(command, tmp_path, monkeypatch, capsys):
+def test_backend_reaches_load_model(command, remote, tmp_path, monkeypatch, capsys):
     import napari_medsam.engine as engine
 
     seen = {}
@@ -62,10 +63,16 @@ def test_backend_reaches_load_model(command, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(engine, "load_model", fake_load_model)
     args = _segment_args(tmp_path) if command == "segment" else _eval_args()
-    code = main([*args, "--backend", "onnxruntime", "--precision", "f32", "--device", "cpu"])
+    key = tmp_path / "key.txt"
+    key.write_text("k3y\n")
+    backend = ["--server", "http://gpu-box:8000", "--api-key-file", str(key)] if remote \
+        else ["--backend", "onnxruntime"]
+    code = main([*args, *backend, "--precision", "f32", "--device", "cpu"])
     assert code == 1 and "stop here" in capsys.readouterr().err
-    assert seen == {"name": "litemedsam", "device": "cpu", "backend": "onnxruntime",
-                    "precision": "f32"}
+    assert seen == {"name": "litemedsam", "device": "cpu",
+                    "backend": "auto" if remote else "onnxruntime", "precision": "f32",
+                    "server": "http://gpu-box:8000" if remote else None,
+                    "api_key": "k3y" if remote else None, "threads": None}
 
 
 def test_openvino_on_cuda_is_a_usage_error(tmp_path, capsys):

@@ -68,15 +68,18 @@ def test_npe2_validates_with_imports():
 
 
 def test_runtime_never_imports_torch(litemedsam):
-    """With the model exported (fixture), running it and the napari glue needs no torch."""
+    """With the model exported (fixture), running it and the napari glue needs no torch;
+    the remote client and the command line need no Ray either."""
     code = ("import sys, numpy as np\n"
             "from napari_medsam.engine import load_model\n"
             "m = load_model('litemedsam', device='cpu', auto_export=False)\n"
             "e = m.embed(np.tile(np.arange(128, dtype=np.uint8), (100, 1)))\n"
             "m.predict(e, box=(10, 10, 60, 60))\n"
             "import napari_medsam._qt.widget, napari_medsam._reader, napari_medsam._writer\n"
+            "import napari_medsam.engine.remote_model, napari_medsam.cli\n"
             "assert 'torch' not in sys.modules, 'torch imported at run time'\n"
-            "assert 'onnx' not in sys.modules\n")
+            "assert 'onnx' not in sys.modules\n"
+            "assert 'ray' not in sys.modules, 'the remote client needs no Ray'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8",
                             errors="replace")
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""The "Speed" part of the Segment widget: backend, memory budget and "Embed volume".
+"""The "Speed" part of the Segment widget: backend, server, memory budget, "Embed volume".
 
 Thin Qt glue over :class:`napari_medsam.engine.volume_embedding.VolumeEmbedder`: the slices
 of the displayed axis are embedded on a worker thread (the current slice first, then
@@ -9,8 +9,8 @@ prompt the embedding is paused (:meth:`EmbedPanel.hold` / :meth:`EmbedPanel.rele
 that the interactive call gets the cores.
 
 The panel holds the annotation model (its session) and the viewer; it reports upward through
-Qt signals: :attr:`EmbedPanel.backend_chosen`, :attr:`EmbedPanel.session_reset`,
-:attr:`EmbedPanel.status`.
+Qt signals: :attr:`EmbedPanel.backend_chosen`, :attr:`EmbedPanel.server_chosen`,
+:attr:`EmbedPanel.session_reset`, :attr:`EmbedPanel.status`.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
+from napari_medsam._qt.server_view import ServerView
 from napari_medsam._qt.slices import current_slice
 from napari_medsam.engine.backends import (
     AUTO,
     BACKENDS,
     OPENVINO,
     OPENVINO_HINT,
+    REMOTE,
     default_cache_bytes,
     openvino_available,
 )
@@ -55,8 +57,10 @@ MIB = 1024**2
 
 
 def backend_choices() -> list[str]:
-    """Backends offered in the widget: OpenVINO only when it is installed."""
-    return [name for name in BACKENDS if name != OPENVINO or openvino_available()]
+    """Backends run here offered in the widget: OpenVINO only when it is installed (a
+    server is chosen with the *Server* field instead)."""
+    return [name for name in BACKENDS
+            if name != REMOTE and (name != OPENVINO or openvino_available())]
 
 
 class EmbedPanel(QGroupBox):
@@ -79,6 +83,8 @@ class EmbedPanel(QGroupBox):
     embedding_done = Signal(object)
     #: The user chose a backend (its name): the model is to be reloaded on it.
     backend_chosen = Signal(str)
+    #: The user chose a server address (``""``: this computer): the model is to be reloaded.
+    server_chosen = Signal(str)
     #: The disk cache was cleared: the session is to be made anew (its disk stores too).
     session_reset = Signal()
     #: A line for the widget's status.
@@ -134,6 +140,8 @@ class EmbedPanel(QGroupBox):
         self.clear_button.setToolTip("Delete every embedding stored on disk (all scans); "
                                      "they are recomputed when needed")
         self.clear_button.clicked.connect(self.clear_disk_cache)
+        self.server_view = ServerView(parent=self)
+        self.server_view.server_chosen.connect(self.server_chosen)
 
         grid = QGridLayout(self)
         grid.addWidget(QLabel("Backend"), 0, 0)
@@ -145,7 +153,10 @@ class EmbedPanel(QGroupBox):
         grid.addWidget(self.cancel_button, 1, 3)
         grid.addWidget(self.disk_label, 2, 0, 1, 2)
         grid.addWidget(self.clear_button, 2, 2, 1, 2)
-        grid.addWidget(self.info, 3, 0, 1, 4)
+        grid.addWidget(QLabel("Server"), 3, 0)
+        grid.addWidget(self.server_view.edit, 3, 1, 1, 2)
+        grid.addWidget(self.server_view.local_button, 3, 3)
+        grid.addWidget(self.info, 4, 0, 1, 4)
         self._set_running(False)
         self.refresh_disk_size()
 
@@ -163,6 +174,7 @@ class EmbedPanel(QGroupBox):
     def _set_running(self, running: bool) -> None:
         self.embed_button.setEnabled(not running)
         self.backend_combo.setEnabled(not running)
+        self.server_view.set_enabled(not running)
         self.cancel_button.setEnabled(running)
 
     def _on_cache_budget(self, value: int) -> None:

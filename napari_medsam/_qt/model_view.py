@@ -15,6 +15,8 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QLabel
 
+from napari_medsam.engine.backends import REMOTE
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +45,8 @@ class ModelView(QObject):
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.model_name, self.device, self.backend = model_name, device, backend
+        #: A ``napari-medsam serve`` address (the encoder runs there), or None.
+        self.server: str | None = None
         self.model = None
         self._request = 0  # the latest load: an older one that finishes late is dropped
         self._closed = False
@@ -69,26 +73,37 @@ class ModelView(QObject):
         self.model_combo.blockSignals(False)
 
     def load(self) -> None:
-        """Load :attr:`model_name` on :attr:`backend` on a worker thread."""
+        """Load :attr:`model_name` on :attr:`backend` (remote when a :attr:`server` is set)
+        on a worker thread."""
         from napari_medsam.engine import load_model
 
         self._request += 1
-        request = self._request
+        request, name = self._request, self.model_name
+        backend = REMOTE if self.server else self.backend
+        load = partial(load_model, name, self.device, backend=backend, server=self.server)
 
-        def loaded(model) -> None:
-            if request == self._request and not self._closed:  # not superseded
-                self.model = model
-                self.model_label.setText(f"{model.spec.display_name} on {model.device_name}")
-                self.loaded.emit(model)
+        def job() -> tuple[int, object]:
+            try:
+                return request, load()
+            except Exception as exc:  # reported on the GUI thread by _on_result
+                return request, exc
 
-        def failed(exc: Exception) -> None:
-            if request == self._request and not self._closed:
-                self.failed.emit(exc)
-
-        self.worker = create_worker(partial(load_model, backend=self.backend),
-                                    self.model_name, self.device, _start_thread=False,
-                                    _connect={"returned": loaded, "errored": failed})
+        # connected to a method, not a closure: Qt drops it if this view is deleted first
+        # (a remote load may retry for seconds after the widget closed)
+        self.worker = create_worker(job, _start_thread=False,
+                                    _connect={"returned": self._on_result})
         self.worker.start()
+
+    def _on_result(self, result: tuple[int, object]) -> None:
+        request, value = result
+        if request != self._request or self._closed:  # superseded, or the widget closed
+            return
+        if isinstance(value, Exception):
+            self.failed.emit(value)
+            return
+        self.model = value
+        self.model_label.setText(f"{value.spec.display_name} on {value.device_name}")
+        self.loaded.emit(value)
 
     def set_backend(self, backend: str) -> bool:
         """Reload the model on ``backend``; False when nothing changes."""
@@ -96,6 +111,18 @@ class ModelView(QObject):
             return False
         self.backend = backend
         self.model_label.setText(f"{self.model_name}: loading ({backend})...")
+        self.load()
+        return True
+
+    def set_server(self, server: str | None) -> bool:
+        """Reload the model with its encoder on ``server`` (None or ``""``: this computer);
+        False when nothing changes."""
+        server = server or None
+        if server == self.server and self.model is not None:
+            return False
+        self.server = server
+        self.model_label.setText(f"{self.model_name}: connecting to {server}..." if server
+                                 else f"{self.model_name}: loading ({self.backend})...")
         self.load()
         return True
 

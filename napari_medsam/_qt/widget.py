@@ -133,6 +133,7 @@ class SegmentWidget(QWidget):
         # backend, cache budget, "Embed volume"
         self.embed_panel = EmbedPanel(self.annotation, self.viewer, self.backend)
         self.embed_panel.backend_chosen.connect(self.set_backend)
+        self.embed_panel.server_chosen.connect(self.set_server)
         self.embed_panel.session_reset.connect(self._on_image_change)
         self.embed_panel.status.connect(self._set_status)
         self.prompts.status.connect(self._set_status)
@@ -198,6 +199,11 @@ class SegmentWidget(QWidget):
         if backend != self.backend or self.model is None:
             self._stop_encoding()
             self.models.set_backend(backend)
+
+    def set_server(self, server: str) -> None:
+        """Embed new slices on a ``napari-medsam serve`` server (``""``: this computer)."""
+        self._stop_encoding()
+        self.models.set_server(server)
 
     def set_model(self, name: str) -> None:
         """Answer prompts with registry model ``name`` (an adapted one, or back to a base)."""

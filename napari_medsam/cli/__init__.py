@@ -1,4 +1,5 @@
-"""The ``napari-medsam`` command line: export-model, models, bench, segment, eval, embed, adapt.
+"""The ``napari-medsam`` command line: export-model, models, bench, segment, eval, embed, adapt,
+serve.
 
 One module per command, each with ``add_parser(subparsers)`` and ``run(args)``; what they
 share (exit codes, the one-line error, Ctrl-C, progress, common options) is in
@@ -11,14 +12,14 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from . import adapt, bench, embed, evaluate, export, models, segment
+from . import adapt, bench, embed, evaluate, export, models, segment, serve
 from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError, run_command
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "CliError", "build_parser",
            "main"]
 
 #: The commands, in the order ``napari-medsam --help`` lists them.
-COMMANDS = (export, models, bench, segment, evaluate, embed, adapt)
+COMMANDS = (export, models, bench, segment, evaluate, embed, adapt, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

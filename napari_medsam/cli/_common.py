@@ -40,8 +40,10 @@ def run_command(command: str, func: Callable[[], int | None]) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a clear one-line message instead of a traceback
         from napari_medsam.engine import ModelFileError, PromptError
+        from napari_medsam.engine.remote_model import RemoteError
 
-        if isinstance(exc, ModelFileError | PromptError | FileNotFoundError | ValueError):
+        if isinstance(exc, ModelFileError | PromptError | RemoteError | FileNotFoundError
+                      | ValueError):
             print(f"napari-medsam {command}: error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         raise
@@ -77,27 +79,47 @@ class StderrProgress:
             self._open = False
 
 
-def open_model(name: str, device: str, backend: str = "auto", precision: str = "auto"):
-    """The engine's model, with unknown names and impossible combinations as usage errors."""
+def open_model(name: str, device: str, backend: str = "auto", precision: str = "auto", *,
+               server: str | None = None, api_key_file: str | None = None,
+               threads: int | None = None):
+    """The engine's model, with unknown names and impossible combinations as usage errors
+    and an unusable server as one clear error."""
     from napari_medsam.engine import load_model
+    from napari_medsam.engine.remote_model import RemoteError, read_api_key
 
     try:
-        return load_model(name, device, backend=backend, precision=precision)
+        api_key = read_api_key(api_key_file) if api_key_file else None
+        return load_model(name, device, backend=backend, precision=precision, server=server,
+                          api_key=api_key, threads=threads)
     except KeyError as exc:  # unknown registry name: the message lists the known ones
         raise CliError(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from exc
     except ValueError as exc:  # e.g. --backend openvino with --device cuda
         raise CliError(str(exc), EXIT_USAGE) from exc
+    except RemoteError as exc:  # unreachable, wrong key, another model
+        raise CliError(str(exc)) from None
+
+
+def open_args_model(args: argparse.Namespace, threads: int | None = None):
+    """:func:`open_model` for a command with :func:`add_backend_options`."""
+    return open_model(args.model, args.device, args.backend, args.precision,
+                      server=args.server, api_key_file=args.api_key_file, threads=threads)
 
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:
-    """``--backend`` and ``--precision``, as ``napari-medsam embed`` has them."""
+    """``--backend``, ``--precision``, ``--server`` and ``--api-key-file``."""
     from napari_medsam.engine.backends import BACKENDS, PRECISIONS
 
     p.add_argument("--backend", default="auto", choices=list(BACKENDS),
                    help="inference backend (auto: ONNX Runtime on a CUDA GPU, else OpenVINO "
-                        "when installed, else ONNX Runtime on the CPU)")
+                        "when installed, else ONNX Runtime on the CPU; remote: the encoder "
+                        "on a napari-medsam server, see --server)")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="OpenVINO CPU precision (auto = f32; bf16 is faster but moves masks)")
+    p.add_argument("--server", help="a `napari-medsam serve` address, e.g. "
+                                    "http://gpu-box:8000: the encoder runs there, the decoder "
+                                    "here (implies --backend remote)")
+    p.add_argument("--api-key-file", help="file holding the server's API key (default: "
+                                          "$NAPARI_MEDSAM_API_KEY)")
 
 
 def add_slice_gaps_option(p: argparse.ArgumentParser) -> None:

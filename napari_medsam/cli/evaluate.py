@@ -16,7 +16,7 @@ from ._common import (
     add_zoom_option,
     check_json_folder,
     intensity_mapping,
-    open_model,
+    open_args_model,
     parse_labels,
 )
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     image = read_volume(args.image, slice_gaps=args.slice_gaps)
     ref_array, resampled, names = _reference(args, image)
     mapping = intensity_mapping(image, args.window)
-    model = open_model(args.model, args.device, args.backend, args.precision)
+    model = open_args_model(args)
     session = SegmentationSession(model, image.array, mapping, zoom=args.zoom)
     progress = StderrProgress()
     try:

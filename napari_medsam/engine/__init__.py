@@ -23,7 +23,8 @@ __all__ = ["AsyncEncoder", "BatchEncoder", "Box", "Click", "Embedding", "ModelFi
 
 def load_model(name: str = "litemedsam", device: str = "auto", *, threads: int | None = None,
                auto_export: bool = True, backend: str = "auto",
-               precision: str = "auto") -> PromptModel:
+               precision: str = "auto", server: str | None = None,
+               api_key: str | None = None) -> PromptModel:
     """Open model ``name`` from the registry.
 
     Parameters
@@ -38,11 +39,16 @@ def load_model(name: str = "litemedsam", device: str = "auto", *, threads: int |
         Export a missing built-in model on first use when the export extra is installed.
     backend
         ``"auto"`` (ONNX Runtime when a CUDA GPU really runs, else OpenVINO when installed,
-        else ONNX Runtime on the CPU), ``"onnxruntime"`` or ``"openvino"``; see
-        :func:`.backends.choose_backend`.
+        else ONNX Runtime on the CPU), ``"onnxruntime"``, ``"openvino"``, or ``"remote"``
+        (the encoder on ``server``, the decoder here; what ``"auto"`` means when a
+        ``server`` is given); see :func:`.backends.choose_backend`.
     precision
         OpenVINO's CPU precision: ``"auto"`` (f32), ``"f32"`` or ``"bf16"``. ONNX Runtime
-        always runs the exported float32 graph and ignores it.
+        always runs the exported float32 graph and ignores it. A remote model has the
+        server's.
+    server, api_key
+        For ``backend="remote"``: the server's address (``http://HOST:PORT``) and its API
+        key (default ``$NAPARI_MEDSAM_API_KEY``).
 
     Returns
     -------
@@ -50,10 +56,19 @@ def load_model(name: str = "litemedsam", device: str = "auto", *, threads: int |
         Its ``batch_encoder`` / ``async_encoder`` say, once and for all, which faster
         volume encoders it offers (see :mod:`.protocol`).
     """
-    from .backends import OPENVINO, choose_backend
+    from .backends import OPENVINO, REMOTE, choose_backend
 
     spec = get_spec(name)
-    if choose_backend(backend, device) == OPENVINO:
+    chosen = choose_backend(REMOTE if server and backend == "auto" else backend, device)
+    if (chosen == REMOTE) != bool(server):
+        raise ValueError("the remote backend needs a server address (--server URL); a "
+                         f"server address does not go with --backend {backend}")
+    if chosen == REMOTE:
+        from .remote_model import RemotePromptModel
+
+        return RemotePromptModel(spec, server, api_key=api_key, threads=threads,
+                                 auto_export=auto_export)
+    if chosen == OPENVINO:
         from .openvino_model import OpenVINOPromptModel
 
         return OpenVINOPromptModel(spec, device, precision=precision, threads=threads,

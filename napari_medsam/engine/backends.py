@@ -5,7 +5,9 @@ Backends:
 - ``onnxruntime``: the ONNX Runtime sessions of :class:`~.onnx_model.OnnxPromptModel`
   (TensorRT, CUDA or CPU execution providers);
 - ``openvino``: :class:`~.openvino_model.OpenVINOPromptModel`, the same ONNX files compiled
-  by OpenVINO for the CPU (``pip install 'napari-medsam[openvino]'``).
+  by OpenVINO for the CPU (``pip install 'napari-medsam[openvino]'``);
+- ``remote``: :class:`~.remote_model.RemotePromptModel`, the encoder on a
+  ``napari-medsam serve`` server and the decoder here (needs a server address).
 
 ``auto`` runs ONNX Runtime when a CUDA GPU really runs it (an ``onnxruntime-gpu`` build *and*
 a device reported by the CUDA driver), otherwise OpenVINO when it is installed, otherwise
@@ -28,7 +30,8 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 ONNXRUNTIME = "onnxruntime"
 OPENVINO = "openvino"
-BACKENDS = (AUTO, ONNXRUNTIME, OPENVINO)
+REMOTE = "remote"
+BACKENDS = (AUTO, ONNXRUNTIME, OPENVINO, REMOTE)
 
 F32 = "f32"
 BF16 = "bf16"
@@ -79,12 +82,13 @@ def cuda_runs(available: list[str] | None = None, gpu_count: int | None = None) 
 def choose_backend(backend: str = AUTO, device: str = AUTO, *,
                    available: list[str] | None = None, gpu_count: int | None = None,
                    has_openvino: bool | None = None) -> str:
-    """The backend that runs a model: ``"onnxruntime"`` or ``"openvino"``.
+    """The backend that runs a model: ``"onnxruntime"``, ``"openvino"`` or ``"remote"``.
 
     Parameters
     ----------
     backend
-        ``"auto"``, ``"onnxruntime"`` or ``"openvino"``.
+        ``"auto"``, ``"onnxruntime"``, ``"openvino"`` or ``"remote"`` (returned as it is:
+        the server decides what runs there).
     device
         ``"auto"``, ``"cuda"`` or ``"cpu"`` (see :func:`.providers.requested_providers`).
         ``"cuda"`` always means ONNX Runtime (OpenVINO does not run NVIDIA GPUs).
@@ -101,6 +105,8 @@ def choose_backend(backend: str = AUTO, device: str = AUTO, *,
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device not in prov.DEVICES:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(prov.DEVICES)}")
+    if backend == REMOTE:
+        return REMOTE
     if backend == OPENVINO and device == "cuda":
         raise ValueError("OpenVINO runs on the CPU here, not on NVIDIA GPUs: use "
                          "--backend onnxruntime (or auto) with --device cuda")
