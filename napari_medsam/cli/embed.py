@@ -3,6 +3,8 @@
 Wired into :mod:`napari_medsam.cli` with :func:`add_parser`::
 
     napari-medsam embed IMAGE [--axis 0] [--backend auto] [--device auto] [--model NAME]
+    napari-medsam embed FOLDER|'GLOB'|LIST.csv [--address local|auto|ray://HOST:PORT]
+                                    # many scans (docs/cli.md, Cohorts): done ones skipped
     napari-medsam embed --info      # where the cache is, its size and volumes
     napari-medsam embed --clear     # delete every stored embedding (fails, exit 1, while
                                     # another embed is writing to the cache)
@@ -18,14 +20,24 @@ import logging
 import sys
 import time
 
-from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError, add_slice_gaps_option
+from napari_medsam.cohort.options import add_cohort_options
+
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
+    StderrProgress,
+    add_backend_options,
+    add_slice_gaps_option,
+    duration,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``embed`` command to ``napari-medsam``'s sub-command parsers."""
-    from napari_medsam.engine.backends import BACKENDS, PRECISIONS
     from napari_medsam.engine.providers import DEVICES
 
     p = subparsers.add_parser(
@@ -33,21 +45,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Embed every slice of IMAGE along an axis (the middle slice first, then "
                     "outward) and keep the embeddings on disk, so that segmenting the scan "
                     "later needs no encoder run.")
-    p.add_argument("image", nargs="?", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("image", nargs="?", help="NIfTI/NRRD/MHA file or DICOM folder; for many "
+                                            "scans a folder, a quoted glob or a CSV (image)")
     p.add_argument("--axis", type=int, default=0, choices=[0, 1, 2],
                    help="array axis the slices cut across (0: axial for z,y,x volumes)")
     p.add_argument("--start", type=int, help="slice to start from (default: the middle one)")
     p.add_argument("--window", help="intensity mapping: a CT preset, mr_percentile or minmax "
                                     "(default: as napari-medsam opens the scan)")
     p.add_argument("--model", default="litemedsam")
-    p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--device", default="auto", choices=list(DEVICES))
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
-                   help="OpenVINO CPU precision (auto = f32; bf16 is faster but moves masks)")
-    p.add_argument("--threads", type=int, help="CPU threads for inference")
+    add_backend_options(p)
+    p.add_argument("--threads", type=int, help="CPU threads for inference (with --address: "
+                                                "per task, default 1, the CPUs Ray reserves)")
     p.add_argument("--info", action="store_true", help="show the disk cache and exit")
     p.add_argument("--clear", action="store_true", help="delete every stored embedding")
     add_slice_gaps_option(p)
+    add_cohort_options(p, threads=False)
     p.set_defaults(func=run)
     return p
 
@@ -88,35 +101,44 @@ def _clear_and_info(args: argparse.Namespace) -> None:
         _print_info()
 
 
+def _settings(args: argparse.Namespace, threads: int | None):
+    from napari_medsam.cohort.jobs import EmbedSettings
+    from napari_medsam.cohort.options import model_opener
+
+    return EmbedSettings(open_model=model_opener(args, threads), axis=args.axis,
+                         start=args.start, window=args.window, slice_gaps=args.slice_gaps)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``napari-medsam embed`` (see the module docstring); returns the exit code."""
-    from napari_medsam.engine.disk_cache import CacheBusyError, embeddings_dir, format_bytes
+    from napari_medsam.cohort.scans import is_many
 
     _clear_and_info(args)
     if (args.clear or args.info) and not args.image:
         return 0
     if not args.image:
         raise CliError("give an IMAGE to embed (or --info / --clear)", EXIT_USAGE)
+    if args.address or is_many(args.image):
+        return _run_cohort(args)
+    return _run_one(args)
 
-    from napari_medsam.engine import load_model
-    from napari_medsam.engine.volume_embedding import VolumeEmbedder
-    from napari_medsam.io import auto_mapping, mapping_from_name, read_volume
 
-    volume = read_volume(args.image, slice_gaps=args.slice_gaps)
-    array = volume.array
-    mapping = (mapping_from_name(args.window, array) if args.window
-               else auto_mapping(array, volume.modality))
-    model = load_model(args.model, args.device, threads=args.threads, backend=args.backend,
-                       precision=args.precision)
-    print(f"{args.image}: {'x'.join(map(str, array.shape))} {array.dtype}, axis {args.axis}, "
-          f"{mapping.key}; {model.spec.display_name} on {model.device_name}")
-    start = time.perf_counter()
-    embedder = VolumeEmbedder(model, array, mapping, args.axis)
-    print(f"ready in {time.perf_counter() - start:.2f} s (image hash, model digest); "
-          f"{len(embedder.missing())} of {embedder.size} slices to encode "
-          f"({embedder.plan.kind}, {embedder.plan.in_flight} in flight)")
+def _run_one(args: argparse.Namespace) -> int:
+    """One scan, printing as it goes (Ctrl-C keeps the slices done)."""
+    from napari_medsam.cohort.jobs import embed_scan
+    from napari_medsam.engine.disk_cache import CacheBusyError, embeddings_dir, format_bytes
+
+    def on_ready(volume, mapping, model, embedder, seconds: float) -> None:
+        array = volume.array
+        print(f"{args.image}: {'x'.join(map(str, array.shape))} {array.dtype}, axis "
+              f"{args.axis}, {mapping.key}; {model.spec.display_name} on {model.device_name}")
+        print(f"ready in {seconds:.2f} s (image hash, model digest); "
+              f"{len(embedder.missing())} of {embedder.size} slices to encode "
+              f"({embedder.plan.kind}, {embedder.plan.in_flight} in flight)")
+
     interactive = sys.stdout.isatty()
     last_print = [0.0]
+    encoding = [False]
 
     def report(progress) -> None:
         now = time.perf_counter()
@@ -128,15 +150,42 @@ def run(args: argparse.Namespace) -> int:
             last_print[0] = now
 
     try:
-        summary = embedder.run(args.start, progress=report)
+        result = embed_scan(args.image, _settings(args, args.threads), on_ready=on_ready,
+                            progress=report, started=lambda: encoding.__setitem__(0, True))
     except KeyboardInterrupt:
+        if not encoding[0]:
+            raise
         print("\ninterrupted: the slices done so far are kept")
         return EXIT_INTERRUPTED
     except CacheBusyError as exc:  # a clear by another process did not finish in time
         raise CliError(str(exc), EXIT_FAILURE) from exc
+    summary = result.summary
     rate = f", {summary.slices_per_s:.2f} slices/s" if summary.encoded else ""
     print(f"done: {summary.encoded} encoded, {summary.from_disk} already cached, "
           f"{summary.wall_s:.1f} s{rate}")
     print(f"cache: {summary.store_dir} ({format_bytes(summary.store_bytes)}); "
           f"all volumes: {embeddings_dir()}")
     return 0
+
+
+def _run_cohort(args: argparse.Namespace) -> int:
+    """Many scans (or one with --address): see docs/cli.md, section Cohorts."""
+    from napari_medsam.cohort.command import run_cohort
+    from napari_medsam.cohort.jobs import embed_job
+    from napari_medsam.cohort.options import check_cohort_options
+    from napari_medsam.cohort.scans import CohortError, embed_jobs
+
+    try:
+        jobs = embed_jobs(args.image)
+    except CohortError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    problem = check_cohort_options(args)
+    if problem:
+        raise CliError(problem, EXIT_USAGE)
+    threads = (args.threads or 1) if args.address else args.threads
+    try:
+        return run_cohort("embed", jobs, embed_job, _settings(args, threads),
+                          address=args.address, cpus=args.threads or 1,
+                          line=StderrProgress(), duration=duration)
+    except CohortError as exc:  # Ray missing or out of reach
+        raise CliError(str(exc)) from exc

@@ -1,5 +1,9 @@
 """``napari-medsam segment``: segment a volume from a JSON prompt file (no GUI).
 
+``napari-medsam segment IMAGE --prompts P.json --out OUT.nii.gz`` segments one scan;
+a folder, a quoted glob or a CSV segments a cohort, here or as Ray tasks with
+``--address`` (:mod:`napari_medsam.cohort`; docs/cli.md, section Cohorts).
+
 ``napari-medsam segment --print-schema`` prints the prompt file's JSON Schema and exits.
 """
 
@@ -12,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from napari_medsam.cohort.options import add_cohort_options
+
 from ._common import (
     EXIT_USAGE,
     CliError,
@@ -21,7 +27,6 @@ from ._common import (
     add_zoom_option,
     duration,
     intensity_mapping,
-    open_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,11 +51,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``segment`` to ``napari-medsam``'s sub-command parsers."""
     p = subparsers.add_parser("segment", help="segment a volume from a JSON prompt file (no GUI)",
                               description="Segment IMAGE from the boxes and clicks in "
-                              "PROMPTS.json and write the label map with the image's geometry "
-                              "(see docs/cli.md).")
-    p.add_argument("image", help="NIfTI/NRRD/MetaImage file or DICOM series folder")
-    p.add_argument("--prompts", required=True, help="JSON prompt file (voxel indices, z y x)")
-    p.add_argument("--out", required=True, help="label map to write (.nii.gz, .nii, .nrrd, .mha)")
+                              "PROMPTS.json and write the label map with the image's geometry; "
+                              "or many scans: a folder, a quoted glob or a CSV (see docs/cli.md, "
+                              "Cohorts).")
+    p.add_argument("image", help="NIfTI/NRRD/MetaImage file or DICOM series folder; for many "
+                                 "scans a folder, a quoted glob or a CSV (image,prompts,out)")
+    p.add_argument("--prompts", help="JSON prompt file (voxel indices, z y x); for many scans "
+                                     "a folder holding <scan name>.json per scan")
+    p.add_argument("--out", help="label map to write (.nii.gz, .nii, .nrrd, .mha); for many "
+                                 "scans a folder (<scan name>.nii.gz per scan)")
     p.add_argument("--print-schema", action=_PrintSchema,
                    help="print the prompt file's JSON Schema and exit")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -62,6 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="later objects paint over earlier ones (default: keep earlier ones)")
     add_zoom_option(p)
     add_slice_gaps_option(p)
+    add_cohort_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -101,39 +111,67 @@ class _Report:
                       f"({outcome.seconds:.1f} s{eta})", True)
 
 
+def _settings(args: argparse.Namespace, threads: int | None):
+    from napari_medsam.cohort.jobs import SegmentSettings
+    from napari_medsam.cohort.options import model_opener
+
+    return SegmentSettings(open_model=model_opener(args, threads), model=args.model,
+                           window=args.window, overwrite=args.overwrite, zoom=args.zoom,
+                           slice_gaps=args.slice_gaps)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``napari-medsam segment``; returns the exit code."""
-    from napari_medsam.io import read_volume, write_labels
-    from napari_medsam.segmentation import SegmentationSession
-    from napari_medsam.segmentation.prompts_file import (
-        PromptFileError,
-        apply_prompts,
-        load_prompts,
-    )
+    from napari_medsam.cohort.scans import is_many
+
+    if args.address or is_many(args.image):
+        return _run_cohort(args)
+    if not args.prompts or not args.out:
+        raise CliError("give --prompts PROMPTS.json and --out LABELS.nii.gz (or, for many "
+                       "scans, a folder, glob or CSV: see docs/cli.md)", EXIT_USAGE)
+    from napari_medsam.cohort.jobs import segment_scan
+    from napari_medsam.segmentation.prompts_file import PromptFileError
 
     out = check_output(args.out)
-    volume = read_volume(args.image, slice_gaps=args.slice_gaps)
-    if volume.is_label_map:
-        logger.warning("%s looks like a label map, not a scan", args.image)
-    try:
-        prompts = load_prompts(args.prompts, volume.shape)
-    except PromptFileError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from exc
-    mapping = intensity_mapping(volume, args.window)
-    model = open_model(args.model, args.device, args.backend, args.precision)
-    session = SegmentationSession(model, volume.array, mapping, zoom=args.zoom)
     progress = StderrProgress()
     report = _Report(progress)
-    print(f"segmenting {len(prompts)} objects in {volume.path} ({model.name} on "
-          f"{model.device_name}, intensity {mapping.key})", file=sys.stderr)
-    labels, outcomes = apply_prompts(session, prompts, overwrite=args.overwrite,
-                                     progress=report)
+
+    def on_start(volume, model, mapping, prompts) -> None:
+        report.t0 = time.perf_counter()
+        print(f"segmenting {len(prompts)} objects in {volume.path} ({model.name} on "
+              f"{model.device_name}, intensity {mapping.key})", file=sys.stderr)
+
+    try:
+        result = segment_scan(args.image, args.prompts, out, _settings(args, args.threads),
+                              mapping_for=intensity_mapping, on_start=on_start,
+                              progress=report)
+    except PromptFileError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
     progress.close()
-    empty = [o.prompt.title for o in outcomes if o.voxels == 0]
-    for title in empty:
-        logger.warning("%s: the model found nothing (the object is empty)", title)
-    names = {p.label: p.name for p in prompts if p.name}
-    written = write_labels(labels, out, volume, label_names=names or None)
-    print(f"wrote {written}: {len(outcomes)} object{'s' * (len(outcomes) != 1)}, "
-          f"{sum(o.voxels for o in outcomes)} voxels ({time.perf_counter() - report.t0:.1f} s)")
+    n = len(result.outcomes)
+    print(f"wrote {result.written}: {n} object{'s' * (n != 1)}, {result.voxels} voxels "
+          f"({time.perf_counter() - report.t0:.1f} s)")
     return 0
+
+
+def _run_cohort(args: argparse.Namespace) -> int:
+    """Many scans (or one with --address): see docs/cli.md, section Cohorts."""
+    from napari_medsam.cohort.command import run_cohort
+    from napari_medsam.cohort.jobs import segment_job
+    from napari_medsam.cohort.options import check_cohort_options
+    from napari_medsam.cohort.scans import CohortError, segment_jobs
+
+    try:
+        jobs = segment_jobs(args.image, args.prompts, args.out)
+    except CohortError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    problem = check_cohort_options(args)
+    if problem:
+        raise CliError(problem, EXIT_USAGE)
+    threads = (args.threads or 1) if args.address else args.threads
+    try:
+        return run_cohort("segment", jobs, segment_job, _settings(args, threads),
+                          address=args.address, cpus=args.threads or 1,
+                          line=StderrProgress(), duration=duration)
+    except CohortError as exc:  # Ray missing or out of reach
+        raise CliError(str(exc)) from exc

@@ -1,0 +1,14 @@
+"""Cohorts: ``napari-medsam embed`` and ``segment`` over many scans, locally or on Ray.
+
+* :mod:`.scans` turns a folder, a glob or a CSV into jobs (one per scan) and names scans;
+* :mod:`.jobs` is what one scan does (the same core the one-scan commands call);
+* :mod:`.records` is the record beside each ``segment`` output that makes runs resumable;
+* :mod:`.run` runs the jobs here, one after another, or as one Ray task per scan
+  (:mod:`.ray_tasks`, imported only then), and formats progress and the summary;
+* :mod:`.command` is what the two CLI commands share (exit codes, Ctrl-C).
+
+No napari or Qt imports in this package; Ray only with an address. Nothing is imported
+here (the command-line parsers import :mod:`.options` and stay light): import from the
+modules. See ``docs/cli.md``, section "Cohorts".
+"""
+
