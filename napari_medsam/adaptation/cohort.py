@@ -204,7 +204,8 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
           zoom: str = "auto", config: TrainingConfig | None = None,
           label_names: dict[int, str] | None = None,
           progress: Callable[[str], None] | None = None,
-          cancel: Callable[[], bool] | None = None) -> AdaptReport:
+          cancel: Callable[[], bool] | None = None, server: str | None = None,
+          api_key: str | None = None) -> AdaptReport:
     """Adapt ``base``'s decoder to ``values`` in ``pairs`` and save it as model ``name``.
 
     Parameters
@@ -225,6 +226,9 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
         Called with one line of text per stage and per training step.
     cancel
         Polled between slices and steps; a cancelled run saves nothing.
+    server, api_key
+        Embed on a ``napari-medsam serve`` server (see :func:`~napari_medsam.engine.
+        load_model`); the training runs here either way.
     """
     from napari_medsam.engine import load_model
     from napari_medsam.segmentation import SegmentationSession
@@ -234,7 +238,7 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
     if not pairs:
         raise AdaptError("give at least one scan with its label map")
     say = progress or (lambda _text: None)
-    model = load_model(base, device, backend=backend)
+    model = load_model(base, device, backend=backend, server=server, api_key=api_key)
     bank = EmbeddingBank()
     start = time.perf_counter()
     examples: list[Example] = []

@@ -115,11 +115,26 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
                         "on a napari-medsam server, see --server)")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="OpenVINO CPU precision (auto = f32; bf16 is faster but moves masks)")
+    add_server_options(p)
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    """``--server`` and ``--api-key-file``: the encoder on a ``napari-medsam serve``."""
     p.add_argument("--server", help="a `napari-medsam serve` address, e.g. "
                                     "http://gpu-box:8000: the encoder runs there, the decoder "
                                     "here (implies --backend remote)")
     p.add_argument("--api-key-file", help="file holding the server's API key (default: "
                                           "$NAPARI_MEDSAM_API_KEY)")
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key of ``--api-key-file`` (None without it: the environment's is used)."""
+    from napari_medsam.engine.remote_model import RemoteError, read_api_key
+
+    try:
+        return read_api_key(args.api_key_file) if args.api_key_file else None
+    except RemoteError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def add_slice_gaps_option(p: argparse.ArgumentParser) -> None:

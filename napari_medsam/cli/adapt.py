@@ -21,7 +21,9 @@ from ._common import (
     EXIT_USAGE,
     CliError,
     StderrProgress,
+    add_server_options,
     add_slice_gaps_option,
+    api_key,
     check_json_folder,
     parse_labels,
 )
@@ -55,6 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="train on the zoomed regions small objects get too (auto, default)")
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--device", default="auto", choices=list(DEVICES))
+    add_server_options(p)
     p.add_argument("--json", help="write the report here")
     add_slice_gaps_option(p)
     p.set_defaults(func=run)
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = adapt(pairs, values, args.name, base=args.base, device=args.device,
                        backend=args.backend, zoom=args.zoom, config=config,
-                       progress=progress)
+                       progress=progress, server=args.server, api_key=api_key(args))
     except AdaptError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except KeyError as exc:  # unknown --base: the message lists the known models

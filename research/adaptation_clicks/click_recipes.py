@@ -74,6 +74,8 @@ VARIANTS: dict[str, dict] = {
                       "patience": 4, "click_output": "best"},
     "c75_pe_e16_lr2": {"click_share": 0.75, "train_prompt_encoder": True, "max_epochs": 16,
                        "patience": 4, "lr": 2e-4},
+    # pe_e16 003->004 chose its last epoch (16/16): does it go on improving?
+    "pe_e24": {"train_prompt_encoder": True, "max_epochs": 24, "patience": 4},
 }
 RECIPE_KEYS = ("click_share", "inner_share", "select", "click_output")
 PRODUCT_SCORE = training.EpochScore.score
