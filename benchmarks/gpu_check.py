@@ -134,7 +134,7 @@ def check_server(gpu, slices, device: str) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = ServerConfig(backend="onnxruntime", device=device, max_batch=8, batch_wait_ms=20)
-    server = start_server(config, port=port, replicas="auto")
+    server = start_server(config, address="local", port=port, replicas="auto")
     try:
         clients = [RemotePromptModel(get_spec("litemedsam"), server.url, local=gpu)
                    for _ in range(2)]

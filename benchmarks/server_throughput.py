@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(backend=args.backend, device="cpu", max_batch=args.max_batch,
                           batch_wait_ms=args.batch_wait_ms)
     t0 = time.perf_counter()
-    server = start_server(config, port=port)
+    server = start_server(config, address="local", port=port)
     start_s = time.perf_counter() - t0
     worst = 0.0
     batches = {}

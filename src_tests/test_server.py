@@ -35,6 +35,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_cli_serve_answers_until_ctrl_c_then_exits_cleanly(model_cache, tmp_path):
+    """``napari-medsam serve`` in its own process: it prints the address, answers
+    ``/v1/models`` with the key, and Ctrl-C removes the deployment and stops its Ray."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "napari_medsam.cli", "serve", "--address", "local", "--port",
+         str(port), "--backend", "onnxruntime", "--api-key-file", str(key_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = []
+        for line in child.stdout:  # until the address is printed (the model is loaded)
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+        assert f"http://127.0.0.1:{port}" in lines[-1], "".join(lines)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models",
+                                         headers={"Authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            info = json.loads(response.read())
+        assert info["models"][0]["name"] == "litemedsam"
+        assert info["models"][0]["providers"] == ["CPUExecutionProvider"]
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    with pytest.raises(urllib.error.URLError):  # nothing listens there any more
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+
+
 @pytest.fixture(scope="module")
 def server(model_cache):
     from napari_medsam.server.auth import key_digest
@@ -42,7 +82,7 @@ def server(model_cache):
 
     config = ServerConfig(backend="onnxruntime", device="cpu", max_batch=8,
                           batch_wait_ms=50, key_digest=key_digest(KEY))
-    running = start_server(config, address="auto", port=_free_port(), num_cpus=2)
+    running = start_server(config, address="local", port=_free_port(), num_cpus=2)
     yield running
     running.stop()
 

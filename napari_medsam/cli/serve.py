@@ -2,7 +2,7 @@
 
 ::
 
-    napari-medsam serve [--address auto|ray://HOST:PORT] [--host 127.0.0.1] [--port 8000]
+    napari-medsam serve [--address auto|local|ray://HOST:PORT] [--host 127.0.0.1] [--port 8000]
                         [--replicas N|auto] [--max-batch 16] [--batch-wait-ms 10]
                         [--api-key-file F] [--model NAME] [--backend ...] [--device ...]
 
@@ -35,7 +35,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "docs/server.md). Needs: pip install 'napari-medsam[server]'.")
     p.add_argument("--address", default="auto",
                    help="Ray cluster to join: auto (the one this machine is part of, else a "
-                        "new local one) or ray://HOST:PORT")
+                        "new local one), local (always a new one on this machine) or "
+                        "ray://HOST:PORT")
     p.add_argument("--host", default="127.0.0.1",
                    help="address the HTTP server listens on (default 127.0.0.1: this "
                         "machine only; anything else needs --api-key-file)")

@@ -11,6 +11,8 @@ logger = logging.getLogger(__name__)
 
 #: ``--address`` that means: join the Ray cluster this machine belongs to, or start one.
 AUTO_ADDRESS = "auto"
+#: ``--address`` that means: start a private Ray instance on this machine.
+LOCAL_ADDRESS = "local"
 
 
 @dataclass
@@ -45,7 +47,8 @@ def start_server(config: ServerConfig, *, address: str = AUTO_ADDRESS,
     ----------
     address
         ``auto``: the Ray cluster this machine is part of (``ray start``), else a new local
-        one (bound to 127.0.0.1, no dashboard); or ``ray://HOST:PORT`` / ``HOST:PORT``.
+        one; ``local``: always a new local one (bound to 127.0.0.1, no dashboard); or
+        ``ray://HOST:PORT`` / ``HOST:PORT``.
     host, port
         Where Serve's HTTP proxy listens.
     num_cpus
@@ -62,10 +65,12 @@ def start_server(config: ServerConfig, *, address: str = AUTO_ADDRESS,
             try:
                 ray.init(address="auto", log_to_driver=False)
             except ConnectionError:  # no cluster here: a local one, on this machine only
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                         _node_ip_address="127.0.0.1")
-                started = True
-        else:
+                address = LOCAL_ADDRESS
+        if address == LOCAL_ADDRESS:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=False, _node_ip_address="127.0.0.1")
+            started = True
+        elif address != AUTO_ADDRESS:
             ray.init(address=address, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
