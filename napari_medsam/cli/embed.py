@@ -22,15 +22,14 @@ import time
 
 from napari_medsam.cohort.options import add_cohort_options
 
+from ._cohort import run_cohort_command
 from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CliError,
-    StderrProgress,
     add_backend_options,
     add_slice_gaps_option,
-    duration,
 )
 
 logger = logging.getLogger(__name__)
@@ -170,22 +169,8 @@ def _run_one(args: argparse.Namespace) -> int:
 
 def _run_cohort(args: argparse.Namespace) -> int:
     """Many scans (or one with --address): see docs/cli.md, section Cohorts."""
-    from napari_medsam.cohort.command import run_cohort
     from napari_medsam.cohort.jobs import embed_job
-    from napari_medsam.cohort.options import check_cohort_options
-    from napari_medsam.cohort.scans import CohortError, embed_jobs
+    from napari_medsam.cohort.scans import embed_jobs
 
-    try:
-        jobs = embed_jobs(args.image)
-    except CohortError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from exc
-    problem = check_cohort_options(args)
-    if problem:
-        raise CliError(problem, EXIT_USAGE)
-    threads = (args.threads or 1) if args.address else args.threads
-    try:
-        return run_cohort("embed", jobs, embed_job, _settings(args, threads),
-                          address=args.address, cpus=args.threads or 1,
-                          line=StderrProgress(), duration=duration)
-    except CohortError as exc:  # Ray missing or out of reach
-        raise CliError(str(exc)) from exc
+    return run_cohort_command("embed", args, lambda: embed_jobs(args.image), embed_job,
+                              lambda threads: _settings(args, threads))

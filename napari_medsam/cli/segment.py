@@ -18,6 +18,7 @@ from pathlib import Path
 
 from napari_medsam.cohort.options import add_cohort_options
 
+from ._cohort import run_cohort_command
 from ._common import (
     EXIT_USAGE,
     CliError,
@@ -156,22 +157,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_cohort(args: argparse.Namespace) -> int:
     """Many scans (or one with --address): see docs/cli.md, section Cohorts."""
-    from napari_medsam.cohort.command import run_cohort
     from napari_medsam.cohort.jobs import segment_job
-    from napari_medsam.cohort.options import check_cohort_options
-    from napari_medsam.cohort.scans import CohortError, segment_jobs
+    from napari_medsam.cohort.scans import segment_jobs
 
-    try:
-        jobs = segment_jobs(args.image, args.prompts, args.out)
-    except CohortError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from exc
-    problem = check_cohort_options(args)
-    if problem:
-        raise CliError(problem, EXIT_USAGE)
-    threads = (args.threads or 1) if args.address else args.threads
-    try:
-        return run_cohort("segment", jobs, segment_job, _settings(args, threads),
-                          address=args.address, cpus=args.threads or 1,
-                          line=StderrProgress(), duration=duration)
-    except CohortError as exc:  # Ray missing or out of reach
-        raise CliError(str(exc)) from exc
+    return run_cohort_command("segment", args,
+                              lambda: segment_jobs(args.image, args.prompts, args.out),
+                              segment_job, lambda threads: _settings(args, threads))
