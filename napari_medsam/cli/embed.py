@@ -20,9 +20,7 @@ import logging
 import sys
 import time
 
-from napari_medsam.cohort.options import add_cohort_options
-
-from ._cohort import run_cohort_command
+from ._cohort import add_cohort_options, model_opener, run_cohort_command
 from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -102,7 +100,6 @@ def _clear_and_info(args: argparse.Namespace) -> None:
 
 def _settings(args: argparse.Namespace, threads: int | None):
     from napari_medsam.cohort.jobs import EmbedSettings
-    from napari_medsam.cohort.options import model_opener
 
     return EmbedSettings(open_model=model_opener(args, threads), axis=args.axis,
                          start=args.start, window=args.window, slice_gaps=args.slice_gaps)

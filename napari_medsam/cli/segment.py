@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from napari_medsam.cohort.options import add_cohort_options
-
-from ._cohort import run_cohort_command
+from ._cohort import add_cohort_options, model_opener, run_cohort_command
 from ._common import (
     EXIT_USAGE,
     CliError,
@@ -114,7 +112,6 @@ class _Report:
 
 def _settings(args: argparse.Namespace, threads: int | None):
     from napari_medsam.cohort.jobs import SegmentSettings
-    from napari_medsam.cohort.options import model_opener
 
     return SegmentSettings(open_model=model_opener(args, threads), model=args.model,
                            window=args.window, overwrite=args.overwrite, zoom=args.zoom,

@@ -7,8 +7,8 @@
   (:mod:`.ray_tasks`, imported only then), and formats progress and the summary;
 * :mod:`.command` is what the two CLI commands share (exit codes, Ctrl-C).
 
-No napari or Qt imports in this package; Ray only with an address. Nothing is imported
-here (the command-line parsers import :mod:`.options` and stay light): import from the
-modules. See ``docs/cli.md``, section "Cohorts".
+No napari, Qt or command-line imports in this package (the options ``--address`` and
+``--threads`` are :mod:`napari_medsam.cli._cohort`'s); Ray only with an address. Nothing is
+imported here: import from the modules. See ``docs/cli.md``, section "Cohorts".
 """
 
