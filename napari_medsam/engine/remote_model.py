@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from napari_medsam.models.registry import ModelSpec, get_spec
 
 from . import remote_wire as wire
 from .protocol import Box, Click, Embedding, Prediction
+
+if TYPE_CHECKING:
+    from .onnx_model import OnnxPromptModel
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,8 @@ def encoder_identity(spec: ModelSpec) -> dict[str, Any]:
     checked against it when it is opened).
     """
     owner = spec if spec.encoder_model == spec.name else get_spec(spec.encoder_model)
-    print_ = {k: v for k, v in owner.fingerprint.items() if k.startswith("encoder")}
-    digest = hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()
+    reference = {k: v for k, v in owner.fingerprint.items() if k.startswith("encoder")}
+    digest = hashlib.sha256(json.dumps(reference, sort_keys=True).encode()).hexdigest()
     return {"name": owner.name, "input_size": owner.input_size,
             "embedding_shape": list(owner.embedding_shape), "fingerprint": digest[:16]}
 
@@ -195,6 +198,10 @@ class RemotePromptModel:
         Seconds a request may take.
     threads, auto_export
         For the local decoder (see :class:`~.onnx_model.OnnxPromptModel`).
+    local
+        A local model whose decoder (and preprocessing) to use instead of opening one: an
+        :class:`~.onnx_model.OnnxPromptModel` of the same ``spec`` (the tests and the
+        benchmark share one between clients).
 
     Raises
     ------
@@ -205,7 +212,7 @@ class RemotePromptModel:
 
     def __init__(self, spec: ModelSpec, server: str, *, api_key: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, threads: int | None = None,
-                 auto_export: bool = True, local=None) -> None:
+                 auto_export: bool = True, local: OnnxPromptModel | None = None) -> None:
         from napari_medsam import __version__
 
         from .onnx_model import OnnxPromptModel
