@@ -89,8 +89,10 @@ def describe_worker(ran_on: Mapping[str, Any]) -> str:
 def one_line(exc: BaseException) -> str:
     """An error as one line: the message (its type too when it is not a user error)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, ValueError | OSError) or type(exc).__name__ in (
-            "CliError", "ModelFileError", "PromptError", "RemoteError", "CacheBusyError"):
+    # the project's own errors (bad files, a missing model, an unreachable server, a usage
+    # error from the command line) carry messages written for users
+    if isinstance(exc, ValueError | OSError) or type(exc).__module__.startswith(
+            "napari_medsam."):
         return text
     return f"{type(exc).__name__}: {text}"
 
