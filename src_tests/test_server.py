@@ -299,8 +299,13 @@ def test_widget_server_field_embeds_remotely_and_run_here_goes_back(server, samp
     z = largest_slice(labels, label)
     box = tight_box(labels[z] == label)
     remote_mask = widget.session.predict(SliceRef(0, z), box=box, zoom=False).mask
-    assert widget.session.is_embedded(SliceRef(0, z))
     assert dice(remote_mask, labels[z] == label) > 0.5
+    # a slice nobody embedded yet is embedded by the server (the caches are shared with
+    # the local model: its embeddings are the same)
+    fresh = next(i for i in range(len(labels)) if not widget.session.is_embedded(SliceRef(0, i)))
+    before = _stats(server.url)["slices"]
+    widget.session.predict(SliceRef(0, fresh), box=(10, 10, 60, 60), zoom=False)
+    assert _stats(server.url)["slices"] == before + 1
 
     view.local_button.click()
     qtbot.waitUntil(lambda: not isinstance(widget.model, RemotePromptModel)
