@@ -76,13 +76,25 @@ VARIANTS: dict[str, dict] = {
                        "patience": 4, "lr": 2e-4},
     # pe_e16 003->004 chose its last epoch (16/16): does it go on improving?
     "pe_e24": {"train_prompt_encoder": True, "max_epochs": 24, "patience": 4},
+    # a stable schedule: the learning rate decays to 0 along a cosine over all 24 epochs
+    # (no early stop), so that the last epochs, where the held-out choice falls, move less
+    "pe_e24_cos": {"train_prompt_encoder": True, "max_epochs": 24, "patience": 24,
+                   "lr": 2e-4, "schedule": "cosine"},
+    # the same within the product's time (8 epochs: about 2 min per 100 prompts) and at 12
+    "pe_e8_cos": {"train_prompt_encoder": True, "max_epochs": 8, "patience": 8, "lr": 3e-4,
+                  "schedule": "cosine"},
+    "pe_e12_cos": {"train_prompt_encoder": True, "max_epochs": 12, "patience": 12,
+                   "lr": 3e-4, "schedule": "cosine"},
 }
-RECIPE_KEYS = ("click_share", "inner_share", "select", "click_output")
+RECIPE_KEYS = ("click_share", "inner_share", "select", "click_output", "schedule")
 PRODUCT_SCORE = training.EpochScore.score
 PRODUCT_DRAW = training.draw_prompt
 PRODUCT_FORWARD = training.DecoderTrainer._forward
 PRODUCT_LOSS = training.DecoderTrainer._loss
 PRODUCT_PREDICT = OnnxPromptModel.predict
+PRODUCT_FIT = training.DecoderTrainer.fit
+#: The learning-rate schedule: None (product: constant) or "cosine" (to 0 over all steps).
+SCHEDULE: str | None = None
 #: Which decoder output answers a lone click (training and inference): None (product:
 #: output 0, as boxes), an index 1-3 (a token of its own), or "best" (SAM's multimask rule:
 #: trained on the best of outputs 1-3 with the IoU head, answered by the highest IoU).
@@ -179,11 +191,32 @@ def _predict(self, embedding, *, box=None, points=None, mask_input=None, output=
                       low_res_logits=low)
 
 
+def _fit(self, train, heldout, **kwargs):
+    """The product's fit, with the learning rate following :data:`SCHEDULE` per step."""
+    if SCHEDULE == "cosine":
+        import math
+
+        total = max(1, len(train) * (self.config.epochs or self.config.max_epochs))
+        schedule = self._torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        step = self.optimizer.step
+
+        def stepped(*args, **kw):
+            out = step(*args, **kw)
+            schedule.step()
+            return out
+
+        self.optimizer.step = stepped
+    return PRODUCT_FIT(self, train, heldout, **kwargs)
+
+
 def configure(variant: dict) -> TrainingConfig:
     """Patch the training module (and the engine's predict) for ``variant``; its
     TrainingConfig."""
-    global CLICK_OUTPUT
+    global CLICK_OUTPUT, SCHEDULE
     CLICK_OUTPUT = variant.get("click_output")
+    SCHEDULE = variant.get("schedule")
+    training.DecoderTrainer.fit = _fit
     training.DecoderTrainer._forward = _forward
     training.DecoderTrainer._loss = _loss
     OnnxPromptModel.predict = OpenVINOPromptModel.predict = _predict
