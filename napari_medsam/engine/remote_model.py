@@ -170,6 +170,48 @@ class ServerClient:
         return info
 
 
+def fetch_model_files(client: ServerClient, spec: ModelSpec) -> list[Path]:
+    """Download the files of the served model that are missing here; the paths written.
+
+    A laptop that never exported the model (no torch) gets ``encoder.onnx`` and
+    ``decoder.onnx`` from the server it uses. Each file is checked against the sha256 the
+    server sends, written beside its final name and moved into place, so a broken transfer
+    leaves nothing behind; the engine then verifies it like any other file (the registry's
+    sha256, or the model's fingerprint on the smoke input), so a server cannot hand out
+    another model's weights. Files already here are never replaced.
+
+    Raises
+    ------
+    RemoteError
+        When a download fails or does not match its sha256.
+    """
+    from napari_medsam.models.registry import ROLES
+
+    owner = spec if spec.encoder_model == spec.name else get_spec(spec.encoder_model)
+    written = []
+    for role in ROLES:
+        path = owner.path(role)
+        if path.is_file():
+            continue
+        data, reply = client.call("GET", f"/v1/models/{owner.name}/files/{role}")
+        expected = {k.lower(): v for k, v in reply.items()}.get("x-sha256")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise RemoteError(f"server {client.url}: {path.name} of {owner.name} arrived "
+                              "damaged (sha256 differs); try again")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise RemoteError(f"cannot write {path}: {exc.strerror}") from None
+        logger.info("%s: %s fetched from %s (%d bytes)", owner.name, path.name, client.url,
+                    len(data))
+        written.append(path)
+    return written
+
+
 def _detail(exc: urllib.error.HTTPError) -> str:
     try:
         return str(json.loads(exc.read()).get("detail", exc.reason))
@@ -235,8 +277,10 @@ class RemotePromptModel:
         self.served = served
         self.precision = str(served.get("precision", "f32"))
         self._where = f"{served.get('device', '?')} at {self.client.url}"
-        self.local = local if local is not None else OnnxPromptModel(
-            spec, "cpu", threads=threads, auto_export=auto_export)
+        if local is None:
+            fetch_model_files(self.client, spec)  # a laptop that never exported the model
+            local = OnnxPromptModel(spec, "cpu", threads=threads, auto_export=auto_export)
+        self.local = local
 
     # -- what the Protocol reports -----------------------------------------------------
 

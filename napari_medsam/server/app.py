@@ -9,7 +9,9 @@ key gets 401 before anything is read or computed):
   remote_wire`, float32), its embedding out (float16). Concurrent requests, from one client
   or many, are gathered by ``@serve.batch`` into one encoder call of up to ``max_batch``
   slices;
-- ``GET /v1/stats``: the answering replica's batches by size (how well batching works).
+- ``GET /v1/stats``: the answering replica's batches by size (how well batching works);
+- ``GET /v1/models/{model}/files/{role}``: the served model's ``encoder.onnx`` or
+  ``decoder.onnx`` (``X-Sha256`` header), for clients that have not exported the model.
 
 Ray Serve's own proxy answers ``/-/healthz``; each replica's :meth:`EncoderDeployment.
 check_health` reports it unhealthy after repeated encoder failures, and Serve replaces it.
@@ -68,6 +70,19 @@ class EncoderDeployment:
     def stats(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
         return self.encoder.stats()
+
+    @api.get("/v1/models/{model}/files/{role}")
+    def model_file(self, model: str, role: str, request: Request) -> Response:
+        self._authorize(request)
+        if model != self.name:
+            raise HTTPException(status_code=404, detail=f"this server runs {self.name!r}, "
+                                f"not {model!r}")
+        try:
+            data, digest = self.encoder.model_file(role)
+        except KeyError as exc:
+            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
+        return Response(content=data, headers={"X-Sha256": digest},
+                        media_type="application/octet-stream")
 
     @api.post("/v1/embed/{model}")
     async def embed(self, model: str, request: Request) -> Response:

@@ -21,6 +21,7 @@ from napari_medsam.engine.backends import REMOTE
 from napari_medsam.engine.model_files import file_digest
 from napari_medsam.engine.remote_model import encoder_identity
 from napari_medsam.engine.remote_wire import PROTOCOL
+from napari_medsam.models.registry import ROLES
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class ReplicaEncoder:
         if spec.encoder_model != spec.name:  # serve the base encoder an adapted model shares
             spec = get_spec(spec.encoder_model)
         self.config = config
+        self.spec = spec
         self.model = load_model(spec.name, config.device, backend=config.backend,
                                 precision=config.precision, threads=config.threads)
         self.size = spec.input_size
@@ -102,6 +104,24 @@ class ReplicaEncoder:
         }
         self._package = __version__
         logger.info("replica ready: %s on %s", spec.name, self.model.device_name)
+
+    def model_file(self, role: str) -> tuple[bytes, str]:
+        """The bytes and sha256 of the served model's ``encoder`` or ``decoder`` file (so a
+        client without them, and without the export extra, can fetch them).
+
+        Raises
+        ------
+        KeyError
+            For another role.
+        """
+        from napari_medsam.engine.model_files import file_sha256
+
+        path = self.spec.path(role) if role in ROLES else None
+        if path is None:
+            raise KeyError(f"no {role!r} file: the files are {', '.join(ROLES)}")
+        data = path.read_bytes()
+        digest = file_sha256(path)
+        return data, digest
 
     def describe(self) -> dict[str, Any]:
         """The ``GET /v1/models`` answer: the protocol, the package version and the model."""
