@@ -146,7 +146,8 @@ class ServerClient:
                 why = f"HTTP {exc.code} {detail}"
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
                     TimeoutError) as exc:
-                why = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                why = str(reason) or type(exc).__name__
                 if attempt == 2:
                     raise RemoteError(f"server {self.url} did not answer ({why}; tried "
                                       f"twice){_fallback_hint()}") from None
