@@ -152,13 +152,12 @@ def add_zoom_option(p: argparse.ArgumentParser) -> None:
 
 
 def intensity_mapping(volume, window: str | None):
-    """``--window`` as a mapping (default: automatic, as the viewer opens the image)."""
-    from napari_medsam.io.intensity import auto_mapping, mapping_from_name
+    """``--window`` as a mapping (default: automatic, as the viewer opens the image); an
+    unknown name is a usage error."""
+    from napari_medsam.cohort.jobs import default_mapping
 
-    if not window:
-        return auto_mapping(volume.array, volume.modality)
     try:
-        return mapping_from_name(window, volume.array)
+        return default_mapping(volume, window)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
 

@@ -29,9 +29,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from napari_medsam.engine.model_files import file_sha256
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECORD_SUFFIX", "file_sha256", "image_identity", "read_record", "record_path",
+__all__ = ["RECORD_SUFFIX", "image_identity", "read_record", "record_path",
            "verify_record", "write_record"]
 
 RECORD_SUFFIX = ".medsam.json"
@@ -49,13 +51,6 @@ def _update(digest: Any, path: Path) -> None:
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The sha256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    _update(digest, Path(path))
-    return digest.hexdigest()
 
 
 def image_identity(path: str | os.PathLike[str]) -> str:

@@ -23,7 +23,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,17 +113,16 @@ class ServerClient:
         self.bytes_received = 0
 
     def _request(self, method: str, path: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+                 headers: dict[str, str] | None = None) -> tuple[bytes, Mapping[str, str]]:
         request = urllib.request.Request(self.url + path, data=body, method=method,
                                          headers=dict(headers or {}))
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            data = response.read()
-            return data, dict(response.headers.items())
+            return response.read(), response.headers  # names looked up ignoring case
 
     def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+             headers: dict[str, str] | None = None) -> tuple[bytes, Mapping[str, str]]:
         """The response body and headers; one retry after a dropped connection or a 5xx.
 
         Raises
@@ -195,7 +194,7 @@ def fetch_model_files(client: ServerClient, spec: ModelSpec) -> list[Path]:
         if path.is_file():
             continue
         data, reply = client.call("GET", f"/v1/models/{owner.name}/files/{role}")
-        expected = {k.lower(): v for k, v in reply.items()}.get("x-sha256")
+        expected = reply.get("X-Sha256")
         if hashlib.sha256(data).hexdigest() != expected:
             raise RemoteError(f"server {client.url}: {path.name} of {owner.name} arrived "
                               "damaged (sha256 differs); try again")

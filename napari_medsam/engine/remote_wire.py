@@ -53,14 +53,17 @@ def pack(array: np.ndarray, dtype: str = "float32") -> tuple[bytes, dict[str, st
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
-    for key, value in headers.items():
-        if key.lower() == name.lower():
-            return value
-    raise WireError(f"header {name} is missing")
+    value = headers.get(name)  # the servers' and urllib's headers ignore case
+    if value is None:
+        raise WireError(f"header {name} is missing")
+    return value
 
 
 def unpack(body: bytes, headers: Mapping[str, str]) -> np.ndarray:
     """The array that :func:`pack` sent (a copy the caller owns).
+
+    ``headers`` as :func:`pack` gave them, or as an HTTP library delivers them (Starlette's
+    and urllib's mappings look names up without regard to case).
 
     Raises
     ------

@@ -8,6 +8,7 @@ client preprocesses the slice with the same code, so remote and local embeddings
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -114,14 +115,10 @@ class ReplicaEncoder:
         KeyError
             For another role.
         """
-        from napari_medsam.engine.model_files import file_sha256
-
-        path = self.spec.path(role) if role in ROLES else None
-        if path is None:
+        if role not in ROLES:
             raise KeyError(f"no {role!r} file: the files are {', '.join(ROLES)}")
-        data = path.read_bytes()
-        digest = file_sha256(path)
-        return data, digest
+        data = self.spec.path(role).read_bytes()
+        return data, hashlib.sha256(data).hexdigest()  # of the bytes sent, read once
 
     def describe(self) -> dict[str, Any]:
         """The ``GET /v1/models`` answer: the protocol, the package version and the model."""
