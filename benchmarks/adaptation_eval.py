@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from helpers import case_dir  # noqa: E402
 
 from napari_medsam import evaluation as ev  # noqa: E402
-from napari_medsam.adaptation import TrainingConfig, adapt, read_pair  # noqa: E402
+from napari_medsam.adaptation import AdaptError, TrainingConfig, adapt, read_pair  # noqa: E402
 from napari_medsam.adaptation.cohort import TrainingPair  # noqa: E402
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.io import read_volume  # noqa: E402
@@ -114,8 +114,13 @@ def _run(name: str, train: list[TrainingPair], values,
     """Adapt on ``train``, then evaluate base and adapted on each (label, pair, slices)."""
     if model_dir(name).exists():
         shutil.rmtree(model_dir(name))
-    report = adapt(train, values, name, config=config,
-                   progress=lambda text: print("   ", text, end="\r", flush=True))
+    try:
+        report = adapt(train, values, name, config=config,
+                       progress=lambda text: print("   ", text, end="\r", flush=True))
+    except AdaptError as exc:  # refused (too few slices to check): nothing to evaluate
+        print(f"\n  refused: {exc}")
+        results[name] = {"refused": str(exc)}
+        return
     print()
     row = {"report": report.to_json(), "tests": {}}
     base = load_model("litemedsam", "cpu")

@@ -66,6 +66,36 @@ class DecoderForExport(nn.Module):
         )
         return masks, iou
 
+    def dense_pe(self) -> torch.Tensor:
+        """The image positional encoding [1, 256, E, E] in channels-last memory (constant:
+        compute it once and hand it to :meth:`first_mask`)."""
+        return self.prompt_encoder.get_dense_pe().detach().contiguous(
+            memory_format=torch.channels_last)
+
+    def first_mask(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
+                   point_labels: torch.Tensor, image_pe: torch.Tensor) -> torch.Tensor:
+        """``low_res_masks[:, 0]`` of :meth:`forward` without a mask input, for training.
+
+        The same computation as ``forward(..., has_mask_input=0)[0][:, 0]`` (the output
+        boxes and single clicks use), without what that output does not depend on: the mask
+        input's convolutions, the other three outputs' hypernetworks and the IoU head. With
+        ``image_embeddings`` and ``image_pe`` (:meth:`dense_pe`) in channels-last memory the
+        transformer's image tokens need no transposed copy. About 1.25x faster per training
+        step on a CPU; a test checks it against :meth:`forward`.
+        """
+        decoder = self.mask_decoder
+        sparse = self._embed_points(point_coords, point_labels)
+        batch = sparse.shape[0]
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat((tokens.unsqueeze(0).expand(batch, -1, -1), sparse), dim=1)
+        src = image_embeddings + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        b, c, h, w = src.shape
+        queries, keys = decoder.transformer(src, image_pe.expand(b, -1, -1, -1), tokens)
+        upscaled = decoder.output_upscaling(keys.transpose(1, 2).view(b, c, h, w))
+        hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1, :])
+        b, c, h, w = upscaled.shape
+        return (hyper[:, None, :] @ upscaled.view(b, c, h * w)).view(b, h, w)
+
 
 def _batch_free_patch_merging(module: nn.Module):
     """``PatchMerging.forward`` with the token reshape taking the batch from the tensor.

@@ -34,17 +34,17 @@ def _session(model, pair: TrainingPair, zoom: str = "auto") -> SegmentationSessi
 
 @pytest.fixture(scope="module")
 def few_slices():
-    """Hippocampus 003, posterior label only, on 10 of its slices (a quick training set)."""
+    """Hippocampus 003, posterior label only, on 15 of its slices (a quick training set)."""
     pair = read_pair(IMAGE_3, LABELS_3, [2])
-    slices = np.flatnonzero((pair.labels == 2).any(axis=(1, 2)))[2:12]
+    slices = np.flatnonzero((pair.labels == 2).any(axis=(1, 2)))[2:17]
     labels = np.zeros_like(pair.labels)
     labels[slices] = np.where(pair.labels[slices] == 2, 2, 0)
-    return TrainingPair(pair.image, labels, "hippocampus_003 (10 slices)")
+    return TrainingPair(pair.image, labels, "hippocampus_003 (15 slices)")
 
 
 @pytest.fixture(scope="module")
 def adapted(few_slices, litemedsam):
-    report = adapt([few_slices], [2], "hippo-test", config=TrainingConfig(epochs=3, seed=0))
+    report = adapt([few_slices], [2], "hippo-test", config=TrainingConfig(epochs=5, seed=0))
     return report
 
 
@@ -55,7 +55,7 @@ def test_examples_are_what_inference_sees(few_slices, litemedsam):
     examples = collect_examples(session, few_slices.labels, [2], 0, bank)
     slices = [e for e in examples if e.view == "slice"]
     rois = [e for e in examples if e.view == "roi"]
-    assert len(slices) == 10 and rois  # small MR objects are also seen zoomed
+    assert len(slices) == 15 and rois  # small MR objects are also seen zoomed
     first = slices[0]
     ref = SliceRef(0, first.index)
     assert np.array_equal(bank.get(first.key), session.embedding(ref).features.astype(np.float16))
@@ -65,6 +65,36 @@ def test_examples_are_what_inference_sees(few_slices, litemedsam):
     assert roi.size[0] == roi.size[1] > max(first.size)  # the ROI's canvas, seen at 4x
     assert roi.mask.any() and roi.target.any()  # the object is on the canvas
     bank.close()
+
+
+def test_training_sees_the_exported_decoders_box_and_click_output(few_slices, litemedsam):
+    """The trainer's short forward (no mask input, output 0 only) is the decoder's output 0."""
+    import torch
+
+    from napari_medsam.adaptation.adapted_model import load_decoder
+    from napari_medsam.engine.preprocess import prompt_arrays
+
+    session = _session(litemedsam, few_slices)
+    z = int(np.flatnonzero(few_slices.labels.any(axis=(1, 2)))[5])
+    embedding = session.embedding(SliceRef(0, z))
+    _, decoder = load_decoder(litemedsam.spec)
+    features = torch.from_numpy(embedding.features.astype(np.float32))
+    mask = few_slices.labels[z] == 2
+    ys, xs = np.nonzero(mask)
+    prompts = [((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), None),
+               (None, [(int(xs[0]), int(ys[0]), 1)])]
+    side = litemedsam.spec.low_res_size
+    with torch.no_grad():
+        for box, points in prompts:
+            coords, labels = (torch.from_numpy(a) for a in prompt_arrays(
+                box, points, mask.shape, litemedsam.spec.input_size))
+            full, _ = decoder(features, coords, labels, torch.zeros((1, 1, side, side)),
+                              torch.zeros(1))
+            short = decoder.first_mask(features.contiguous(memory_format=torch.channels_last),
+                                       coords, labels, decoder.dense_pe())
+            assert short.shape == full[:, 0].shape
+            assert float((short - full[:, 0]).abs().max()) < 1e-4
+            assert (short > 0).sum() > 10  # a real mask, not an empty answer
 
 
 @pytest.mark.slow
@@ -136,6 +166,17 @@ def test_clicks_keep_the_search_on_slices_unlike_those_the_clicks_were_checked_o
     assert dice(mask, truth_big[z]) > 0.5
 
 
+def test_the_epochs_follow_a_step_budget():
+    config = TrainingConfig()
+    assert config.planned_epochs(52) == 20  # the hippocampus case: 1040 steps
+    assert config.planned_epochs(100) == 10  # ~100 prompts: 1000 steps
+    assert config.planned_epochs(30) == 24  # at most 24 epochs
+    assert config.planned_epochs(300) == 6  # large sets: at least 6 epochs
+    assert TrainingConfig(epochs=3).planned_epochs(1000) == 3
+    with pytest.raises(ValueError, match="schedule"):
+        TrainingConfig(schedule="linear")
+
+
 def test_a_model_is_kept_only_where_users_gain():
     def result(before: float, after: float) -> TrainingResult:
         return TrainingResult(epochs=[EpochScore(0, before, 0.01, None, 0.0),
@@ -193,6 +234,16 @@ def test_adapt_refuses_bad_input_with_one_line(pair, labels, name, message, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("napari-medsam adapt: error: ")
     assert message in err[0]
+
+
+@pytest.mark.slow
+def test_too_few_slices_to_check_a_gain_are_refused_before_training(few_slices, litemedsam):
+    labels = few_slices.labels.copy()
+    labels[np.flatnonzero(labels.any(axis=(1, 2)))[10:]] = 0  # 10 slices: 2 held out
+    pair = TrainingPair(few_slices.image, labels, "hippocampus_003 (10 slices)")
+    with pytest.raises(AdaptError, match=r"too few labelled slices .*2 held out, 3 needed"):
+        adapt([pair], [2], "hippo-too-few", config=TrainingConfig(epochs=1, seed=0))
+    assert "hippo-too-few" not in load_registry()
 
 
 def test_a_label_map_without_labels_is_refused(tmp_path):

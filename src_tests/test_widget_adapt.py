@@ -20,7 +20,7 @@ NAME = "hippo-widget"
 
 @pytest.fixture
 def hippocampus(make_napari_viewer, qtbot, litemedsam, data_dir, monkeypatch):
-    """(viewer, widget, labels layer with the posterior hippocampus on 10 slices, notes)."""
+    """(viewer, widget, labels layer with the posterior hippocampus on 15 slices, notes)."""
     folder = data_dir / "msd_hippocampus_mr"
     ((image, kwargs, _),) = read_layers(folder / "hippocampus_003_image.nii.gz")
     ((reference, _, _),) = read_layers(folder / "hippocampus_003_label.nii.gz")
@@ -29,7 +29,7 @@ def hippocampus(make_napari_viewer, qtbot, litemedsam, data_dir, monkeypatch):
         monkeypatch.setattr(adapt_panel_mod, name, notes.append)
     viewer = make_napari_viewer()
     layer = viewer.add_image(image, **kwargs)
-    slices = np.flatnonzero((reference == POSTERIOR).any(axis=(1, 2)))[2:12]
+    slices = np.flatnonzero((reference == POSTERIOR).any(axis=(1, 2)))[2:17]
     accepted = np.zeros(reference.shape, dtype=np.uint16)
     accepted[slices] = np.where(reference[slices] == POSTERIOR, POSTERIOR, 0)
     labels = viewer.add_labels(accepted, name=f"{layer.name} labels", scale=layer.scale,
@@ -85,7 +85,7 @@ def test_adapt_to_my_labels_then_use_the_model_and_switch_back(hippocampus, qtbo
 
     seen: list[str] = []
     panel.progress_text.connect(seen.append)
-    panel.config = TrainingConfig(epochs=3, seed=0, threads=1)  # kept, as in test_adaptation
+    panel.config = TrainingConfig(epochs=5, seed=0, threads=1)  # kept, as in test_adaptation
     panel.name_edit.setText(NAME)
     panel.adapt_button.click()
     qtbot.waitUntil(lambda: not panel.running, timeout=900_000)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from .examples import EmbeddingBank, Example, innermost_point, tight_box
 logger = logging.getLogger(__name__)
 
 PROMPT_KINDS = ("box", "click")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,17 @@ class TrainingConfig:
     prompts
         Prompt kinds drawn during training (``"box"``, ``"click"``).
     epochs
-        Fixed number of epochs, or None: up to ``max_epochs``, stopping after ``patience``
-        epochs without a better held-out score.
+        Fixed number of epochs, or None: enough epochs for about ``steps`` training steps
+        (one step per example and epoch), at least ``min_epochs`` and at most
+        ``max_epochs``. With the ``"constant"`` schedule, training also stops after
+        ``patience`` epochs without a better held-out score.
+    steps
+        The step budget that sets the number of epochs when ``epochs`` is None.
     lr, weight_decay
         AdamW's learning rate and weight decay.
+    schedule
+        ``"cosine"``: the learning rate decays from ``lr`` to 0 along a half cosine over
+        all planned steps (every epoch runs); ``"constant"``: it stays at ``lr``.
     box_jitter
         Boxes are grown by 0..``box_jitter`` pixels on each side (of the embedded image).
     seed
@@ -58,14 +67,17 @@ class TrainingConfig:
 
     prompts: tuple[str, ...] = PROMPT_KINDS
     epochs: int | None = None
-    max_epochs: int = 8
+    steps: int = 1000
+    min_epochs: int = 6
+    max_epochs: int = 24
     patience: int = 2
-    lr: float = 1e-4
+    lr: float = 2e-4
+    schedule: str = "cosine"
     weight_decay: float = 1e-2
     box_jitter: int = 3
     seed: int = 0
     threads: int | None = None
-    train_prompt_encoder: bool = False
+    train_prompt_encoder: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.prompts) - set(PROMPT_KINDS)
@@ -74,6 +86,16 @@ class TrainingConfig:
                              f"{', '.join(self.prompts) or 'none'}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got "
+                             f"{self.schedule!r}")
+
+    def planned_epochs(self, examples: int) -> int:
+        """Epochs to run on ``examples`` training examples."""
+        if self.epochs is not None:
+            return self.epochs
+        wanted = math.ceil(self.steps / max(1, examples))
+        return max(1, min(self.max_epochs, max(self.min_epochs, wanted)))
 
 
 @dataclass(frozen=True)
@@ -182,18 +204,19 @@ class DecoderTrainer:
         for param in trainable:
             param.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(trainable, lr=self.config.lr,
-                                           weight_decay=self.config.weight_decay)
+                                           weight_decay=self.config.weight_decay, fused=True)
+        self._image_pe = self.module.dense_pe()
         self._torch = torch
 
     # -- one example ---------------------------------------------------------------------
     def _forward(self, example: Example, coords: np.ndarray, labels: np.ndarray):
+        """The single-mask output's low-resolution logits [1, 4E, 4E] (see
+        :meth:`DecoderForExport.first_mask`)."""
         torch = self._torch
-        features = torch.from_numpy(self.bank.get(example.key).astype(np.float32))
-        side = example.target.shape[-1]
-        no_mask = torch.zeros((1, 1, side, side), dtype=torch.float32)
-        masks, _ = self.module(features, torch.from_numpy(coords), torch.from_numpy(labels),
-                               no_mask, torch.zeros(1, dtype=torch.float32))
-        return masks[:, 0]
+        features = torch.from_numpy(self.bank.get(example.key)).to(
+            torch.float32, memory_format=torch.channels_last)
+        return self.module.first_mask(features, torch.from_numpy(coords),
+                                      torch.from_numpy(labels), self._image_pe)
 
     def _loss(self, logits, target):
         torch = self._torch
@@ -211,7 +234,7 @@ class DecoderTrainer:
         torch = self._torch
         self.module.eval()
         scores = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for example in examples:
                 coords, labels = draw_prompt(example, kind, None, 0, self.input_size)
                 logits = self._forward(example, coords, labels)[0].numpy()
@@ -226,7 +249,7 @@ class DecoderTrainer:
         torch = self._torch
         self.module.eval()
         coords, labels = draw_prompt(example, kind, None, 0, self.input_size)
-        with torch.no_grad():
+        with torch.inference_mode():
             low = self._forward(example, coords, labels)[0].numpy()
         resized = resized_shape(*example.size, self.input_size)
         return postprocess_logits(low, resized, example.size, self.input_size) > 0
@@ -239,6 +262,16 @@ class DecoderTrainer:
                           loss, seconds)
 
     # -- the loop ------------------------------------------------------------------------
+    def _schedule(self, total: int):
+        """The learning rate per step: a half cosine from ``lr`` to 0 over ``total`` steps,
+        or constant."""
+        if self.config.schedule == "constant":
+            factor = lambda _step: 1.0  # noqa: E731
+        else:
+            def factor(step: int) -> float:
+                return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return self._torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
     def fit(self, train: Sequence[Example], heldout: Sequence[Example], *,
             progress: Callable[[int, int, int, float | None], None] | None = None,
             cancel: Callable[[], bool] | None = None) -> TrainingResult:
@@ -262,7 +295,8 @@ class DecoderTrainer:
         start = time.perf_counter()
         result.epochs.append(self._epoch_score(0, heldout, None, 0.0))
         best_state = copy.deepcopy(self.module.state_dict())
-        planned = config.epochs or config.max_epochs
+        planned = config.planned_epochs(len(train))
+        schedule = self._schedule(planned * len(train))
         for epoch in range(1, planned + 1):
             began = time.perf_counter()
             self.module.train()
@@ -279,6 +313,7 @@ class DecoderTrainer:
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
+                schedule.step()
                 losses.append(loss.item())
                 result.steps += 1
                 if progress is not None:
@@ -295,7 +330,8 @@ class DecoderTrainer:
             if not heldout or scored.score > result.best.score:  # nothing held out: the last
                 result.best_epoch = epoch
                 best_state = copy.deepcopy(self.module.state_dict())
-            elif config.epochs is None and epoch - result.best_epoch >= config.patience:
+            elif (config.epochs is None and config.schedule == "constant"
+                  and epoch - result.best_epoch >= config.patience):
                 break
         self.module.load_state_dict(best_state)
         result.seconds = time.perf_counter() - start

@@ -48,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="name of the new model")
     p.add_argument("--base", default="litemedsam", help="model to adapt (default litemedsam)")
     p.add_argument("--epochs", default="auto",
-                   help="auto (up to 8, chosen on the held-out split) or a number")
+                   help="auto (about 1000 training steps: 6 to 24 epochs; the best on the "
+                        "held-out split is kept) or a number")
     p.add_argument("--prompts", default="box,click",
                    help="prompts to train for: box, click or box,click (default)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

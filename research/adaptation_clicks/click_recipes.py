@@ -15,7 +15,12 @@ from here, never in the package:
 * ``select``: what chooses the epoch on the held-out examples: ``"mixed"`` (product: mean of
   box and click Dice) or ``"click"`` (click Dice), by replacing ``EpochScore.score``;
 * any :class:`TrainingConfig` field (``lr``, ``max_epochs``, ``patience``,
-  ``train_prompt_encoder``).
+  ``train_prompt_encoder``, ``schedule``).
+
+Variants are changes to the first product recipe (:data:`FIRST_RECIPE`: decoder only, AdamW
+1e-4 constant, up to 8 epochs, patience 2), against which they were measured; ``now`` is the
+product's current :class:`TrainingConfig` as it is (since 2026-12-06: the ``pe_e24_cos``
+recipe with a step budget).
 
     NAPARI_MEDSAM_CACHE=/tmp/adapt-cache OMP_NUM_THREADS=1 python \\
         research/adaptation_clicks/click_recipes.py --variants product,c75 [--base]
@@ -53,7 +58,16 @@ from napari_medsam.paths import model_dir  # noqa: E402
 VALUES = [1, 2]
 
 #: name -> (click share, innermost share, epoch selection, TrainingConfig fields)
+#: The product's training recipe when these variants were measured (before 2026-12-06).
+FIRST_RECIPE = {"lr": 1e-4, "schedule": "constant", "train_prompt_encoder": False,
+                "max_epochs": 8, "patience": 2}
 VARIANTS: dict[str, dict] = {
+    "now": {},
+    # measured while the product's step budget was 1250 (2026-12-06): that budget, 1000
+    # steps (then adopted: ``now``), and 2/3 box prompts
+    "now_s1250": {"steps": 1250},
+    "now_s1000": {"steps": 1000},
+    "now_c33": {"click_share": 1 / 3},
     "product": {},
     "c75": {"click_share": 0.75},
     "c75_e16": {"click_share": 0.75, "max_epochs": 16, "patience": 4},
@@ -86,15 +100,12 @@ VARIANTS: dict[str, dict] = {
     "pe_e12_cos": {"train_prompt_encoder": True, "max_epochs": 12, "patience": 12,
                    "lr": 3e-4, "schedule": "cosine"},
 }
-RECIPE_KEYS = ("click_share", "inner_share", "select", "click_output", "schedule")
+RECIPE_KEYS = ("click_share", "inner_share", "select", "click_output")
 PRODUCT_SCORE = training.EpochScore.score
 PRODUCT_DRAW = training.draw_prompt
 PRODUCT_FORWARD = training.DecoderTrainer._forward
 PRODUCT_LOSS = training.DecoderTrainer._loss
 PRODUCT_PREDICT = OnnxPromptModel.predict
-PRODUCT_FIT = training.DecoderTrainer.fit
-#: The learning-rate schedule: None (product: constant) or "cosine" (to 0 over all steps).
-SCHEDULE: str | None = None
 #: Which decoder output answers a lone click (training and inference): None (product:
 #: output 0, as boxes), an index 1-3 (a token of its own), or "best" (SAM's multimask rule:
 #: trained on the best of outputs 1-3 with the IoU head, answered by the highest IoU).
@@ -191,32 +202,11 @@ def _predict(self, embedding, *, box=None, points=None, mask_input=None, output=
                       low_res_logits=low)
 
 
-def _fit(self, train, heldout, **kwargs):
-    """The product's fit, with the learning rate following :data:`SCHEDULE` per step."""
-    if SCHEDULE == "cosine":
-        import math
-
-        total = max(1, len(train) * (self.config.epochs or self.config.max_epochs))
-        schedule = self._torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        step = self.optimizer.step
-
-        def stepped(*args, **kw):
-            out = step(*args, **kw)
-            schedule.step()
-            return out
-
-        self.optimizer.step = stepped
-    return PRODUCT_FIT(self, train, heldout, **kwargs)
-
-
-def configure(variant: dict) -> TrainingConfig:
+def configure(variant: dict, now: bool = False) -> TrainingConfig:
     """Patch the training module (and the engine's predict) for ``variant``; its
-    TrainingConfig."""
-    global CLICK_OUTPUT, SCHEDULE
+    TrainingConfig (``now``: the product's current defaults, ``variant`` on top)."""
+    global CLICK_OUTPUT
     CLICK_OUTPUT = variant.get("click_output")
-    SCHEDULE = variant.get("schedule")
-    training.DecoderTrainer.fit = _fit
     training.DecoderTrainer._forward = _forward
     training.DecoderTrainer._loss = _loss
     OnnxPromptModel.predict = OpenVINOPromptModel.predict = _predict
@@ -224,6 +214,9 @@ def configure(variant: dict) -> TrainingConfig:
     training.EpochScore.score = (property(_click_score) if variant.get("select") == "click"
                                  else PRODUCT_SCORE)
     fields = {k: v for k, v in variant.items() if k not in RECIPE_KEYS}
+    if not now:  # the first recipe ran max_epochs epochs (patience aside), whatever the data
+        fields = FIRST_RECIPE | fields
+        fields["min_epochs"] = fields["max_epochs"]
     return TrainingConfig(prompts=_prompts(variant.get("click_share", 0.5)), seed=0,
                           threads=1, **fields)
 
@@ -256,7 +249,7 @@ def run_variant(variant_name: str, base: bool, directions: list[str]) -> None:
     """Run ``variant_name`` in ``directions`` ("003->004"...); results/<variant>.json is
     rewritten after each direction (what ran before is kept)."""
     variant = VARIANTS[variant_name]
-    config = configure(variant)
+    config = configure(variant, now=variant_name.startswith("now"))
     cases = {c: bench._pair(bench.HIPPO / f"hippocampus_{c}_image.nii.gz",
                             bench.HIPPO / f"hippocampus_{c}_label.nii.gz", VALUES)
              for c in ("003", "004")}

@@ -108,8 +108,12 @@ def adapt_to_anchors(session: SegmentationSession, axis: int,
         train = [e for e in examples if e.index != held]
         heldout = [e for e in examples if e.index == held]
         image_encoder, decoder = load_decoder(session.model.spec)
+        # the recipe of this study (the product's before 2026-12-06): decoder only, AdamW
+        # 1e-4 constant, up to ANCHOR_EPOCHS with early stop
         config = TrainingConfig(prompts=("box",), epochs=epochs, max_epochs=ANCHOR_EPOCHS,
-                                patience=ANCHOR_PATIENCE, seed=seed, threads=threads)
+                                min_epochs=ANCHOR_EPOCHS, patience=ANCHOR_PATIENCE, lr=1e-4,
+                                schedule="constant", train_prompt_encoder=False, seed=seed,
+                                threads=threads)
         trainer = DecoderTrainer(decoder, bank, session.model.spec.input_size, config)
         result = trainer.fit(train, heldout, cancel=cancel)
         scores = {"slice": held, "base": round(result.base.box, 4),
