@@ -228,12 +228,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the session's zoom (default auto, as in the widget)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated methods to run (default: all)")
+    parser.add_argument("--model", default="litemedsam",
+                        help="registry model, e.g. one adapted with napari-medsam adapt "
+                             "(default litemedsam)")
     args = parser.parse_args(argv)
     methods = tuple(m for m in METHODS if m in args.methods.split(","))
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    model = load_model("litemedsam", device="cpu")
+    model = load_model(args.model, device="cpu")
     rows: list[dict] = []
     if not args.skip_propagation:
         print(f"zoom {args.zoom}")
@@ -265,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             means[method] = {"recovered": float(np.mean(sel))}
             print(f"mean recovered by {method}: {np.mean(sel):.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"zoom": args.zoom, "rows": rows, "bulk": bulk,
-                                         "means": means}, indent=1))
+        args.json.write_text(json.dumps({"model": args.model, "zoom": args.zoom, "rows": rows,
+                                         "bulk": bulk, "means": means}, indent=1))
     return 0
 
 

@@ -140,7 +140,7 @@ def test_a_click_is_one_decoder_call_and_finds_the_object_on_another_scan(adapte
 
 
 @pytest.mark.slow
-def test_clicks_keep_the_search_on_slices_unlike_those_the_clicks_were_checked_on(adapted):
+def test_the_base_decoder_answers_on_slices_unlike_those_the_model_was_checked_on(adapted):
     spec = get_spec("hippo-test")
     domain = spec.point_domain
     other = read_pair(IMAGE_4, LABELS_4, [2])
@@ -158,12 +158,27 @@ def test_clicks_keep_the_search_on_slices_unlike_those_the_clicks_were_checked_o
     ref = SliceRef(0, z)
     assert not session.native_clicks_on(ref)
     session.embedding(ref)
-    calls = []
-    real = model.predict
-    model.predict = lambda *a, **k: calls.append(1) or real(*a, **k)
-    mask = session.predict_prompts(ref, positives=[interior_click(truth_big[z])])
-    assert len(calls) > 1  # the click search
+    click = interior_click(truth_big[z])
+    mask = session.predict_prompts(ref, positives=[click])
     assert dice(mask, truth_big[z]) > 0.5
+    # boxes and the click search there are the base model's, on the shared embeddings
+    base = SegmentationSession(load_model("litemedsam", device="cpu"), big, session.mapping,
+                               cache=session.cache, data_id=session.data_id, zoom="off")
+    assert np.array_equal(mask, base.predict_prompts(ref, positives=[click]))
+    ys, xs = np.nonzero(truth_big[z])
+    box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    assert np.array_equal(session.predict(ref, box=box).logits, base.predict(ref, box=box).logits)
+    assert base.encoder_calls == 0
+    # on slices like its own the adapted decoder answers
+    own = _session(model, other, zoom="off")
+    own_base = SegmentationSession(base.model, other.image.array, own.mapping, cache=own.cache,
+                                   data_id=own.data_id, zoom="off")
+    z4 = int((other.labels == 2).sum(axis=(1, 2)).argmax())
+    ys, xs = np.nonzero(other.labels[z4] == 2)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    assert own.decoder_for(SliceRef(0, z4)) is model
+    assert not np.array_equal(own.predict(SliceRef(0, z4), box=box).logits,
+                              own_base.predict(SliceRef(0, z4), box=box).logits)
 
 
 def test_the_epochs_follow_a_step_budget():
