@@ -102,7 +102,8 @@ def cached_session(model, case: str, image: str, label: str, zoom: str = "auto")
     for z, features in enumerate(data["features"]):
         session.cache.put(session.cache_key(SliceRef(0, z)),
                           Embedding(features=features, original_size=original,
-                                    resized_size=resized, input_size=256, model=model.name))
+                                    resized_size=resized, input_size=256,
+                                    model=model.spec.encoder_model))
     return session, reference
 
 

@@ -57,16 +57,18 @@ class FileSpec:
             check_name(self.model)
 
 
-#: How far (as a factor) a slice's longest side may lie outside the sides a model's own click
-#: answers were checked on. A decoder adapted on 122-pixel CT slices answered clicks on
-#: 512-pixel slices of another CT with 0.46 Dice where the click search gave 0.72; boxes
-#: were unaffected.
+#: How far (as a factor) a slice's longest side may lie outside the sides an adapted model
+#: was trained and checked on. A decoder adapted on 122-pixel CT slices answered clicks on
+#: 512-pixel slices of another CT with 0.46 Dice where the click search gave 0.72, and (with
+#: the prompt encoder trained too) lost 0.015 box Dice there; outside, the base model's
+#: decoder answers.
 POINT_SIDE_TOLERANCE = 2.0
 
 
 @dataclass(frozen=True)
 class PointDomain:
-    """The slices on which an adapted model's own click answers were checked.
+    """The slices an adapted model was trained and checked on (its answers are trusted
+    there; elsewhere the base model's decoder answers).
 
     Attributes
     ----------

@@ -125,8 +125,9 @@ def save_adapted_model(name: str, base: ModelSpec, image_encoder, decoder, *,
     """Export ``decoder`` as model ``name`` (sharing ``base``'s encoder) and register it.
 
     ``answers_points``: the model takes clicks as point prompts (one decoder call); without
-    it clicks keep the click search, as for the base model. ``point_domain``: the slices
-    those click answers were checked on (elsewhere the click search is used).
+    it clicks keep the click search, as for the base model. ``point_domain``: the slices it
+    was trained and checked on (elsewhere the base model's decoder answers, see
+    :meth:`~napari_medsam.segmentation.SegmentationSession.decoder_for`).
 
     Raises
     ------
@@ -165,7 +166,7 @@ def save_adapted_model(name: str, base: ModelSpec, image_encoder, decoder, *,
             source={"adapted_from": base.name}, opset=base.opset, builtin=False,
             notes=f"Decoder adapted on {len(card.get('scans', []))} scan(s); see card.json.",
             fingerprint=fingerprint,
-            point_domain=point_domain if answers_points else None)
+            point_domain=point_domain)
         (work / SPEC_FILENAME).write_text(json.dumps(spec.to_json(), indent=2))
         (work / "export.json").write_text(json.dumps(
             {"name": name, "sha256": {"decoder": digest}, "max_abs_diff": diff,

@@ -188,9 +188,9 @@ def worth_keeping(result: TrainingResult, native_clicks: bool) -> tuple[bool, st
 
 
 def point_domain(examples: Sequence[Example], sessions: Sequence) -> PointDomain:
-    """The slices an adapted model's own click answers are trusted on: the sizes and
-    intensity mappings of the whole slices it was trained and checked on (elsewhere the
-    session keeps the click search)."""
+    """The slices an adapted model is trusted on: the sizes and intensity mappings of the
+    whole slices it was trained and checked on (elsewhere its base model's decoder
+    answers)."""
     sides = [max(e.size) for e in examples if e.view == "slice"]
     kinds = sorted({"ct" if is_fixed_window(s.mapping) else "mr" for s in sessions})
     return PointDomain(min(sides), max(sides), tuple(kinds))
@@ -286,7 +286,7 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
     if result.cancelled:
         raise AdaptError("cancelled: nothing was saved")
     native_clicks = bool(clicks) and clicks["adapted_one_call"] > clicks["base_click_search"]
-    domain = point_domain(examples, sessions) if native_clicks else None
+    domain = point_domain(examples, sessions)
     report = AdaptReport(
         name=name, base=model.spec.name, saved=False, labels=[int(v) for v in values],
         scans=len(pairs), examples=len(examples), train_examples=len(train),
@@ -313,7 +313,7 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
             "heldout_after": report.heldout_after, "zoom": zoom,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     card["answers_clicks"], card["heldout_clicks"] = native_clicks, clicks
-    card["point_domain"] = domain.to_json() if domain is not None else None
+    card["point_domain"] = domain.to_json()
     spec = save_adapted_model(name, model.spec, image_encoder, trainer.module,
                               answers_points=native_clicks, point_domain=domain, card=card)
     report.saved, report.model_dir = True, str(spec.directory)
