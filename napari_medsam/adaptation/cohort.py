@@ -21,7 +21,6 @@ import numpy as np
 from napari_medsam.io import Volume, read_volume
 from napari_medsam.io.intensity import auto_mapping
 from napari_medsam.models.registry import PointDomain
-from napari_medsam.segmentation.roi import is_fixed_window
 
 from .adapted_model import AdaptError, check_new_name, load_decoder, save_adapted_model
 from .examples import EmbeddingBank, Example, collect_examples
@@ -33,6 +32,8 @@ logger = logging.getLogger(__name__)
 #: :data:`HELDOUT_EVERY`-th labelled slice of each object is.
 WHOLE_SCAN_SPLIT = 4
 HELDOUT_EVERY = 5
+#: Index (among an object's labelled slices) of its first held-out slice.
+HELDOUT_FIRST = 2
 #: Fewer held-out object slices cannot show a gain: the run is refused before training. With
 #: two (a 7-slice brain tumour), models that lost 0.01-0.03 box Dice on the rest of the
 #: tumour passed the check.
@@ -107,7 +108,8 @@ def split_examples(examples: Sequence[Example], scans: int
         if e.index not in slices[(e.scan, e.label)]:
             slices[(e.scan, e.label)].append(e.index)
     held_slices = {(scan, label, index) for (scan, label), indices in slices.items()
-                   for n, index in enumerate(sorted(indices)) if n % HELDOUT_EVERY == 2}
+                   for n, index in enumerate(sorted(indices))
+                   if n % HELDOUT_EVERY == HELDOUT_FIRST}
     return ([e for e in examples if e.group not in held_slices],
             [e for e in examples if e.group in held_slices],
             f"held-out slices: every {HELDOUT_EVERY}th labelled slice of each object")
@@ -192,7 +194,7 @@ def point_domain(examples: Sequence[Example], sessions: Sequence) -> PointDomain
     whole slices it was trained and checked on (elsewhere its base model's decoder
     answers)."""
     sides = [max(e.size) for e in examples if e.view == "slice"]
-    kinds = sorted({"ct" if is_fixed_window(s.mapping) else "mr" for s in sessions})
+    kinds = sorted({s.intensity_kind for s in sessions})
     return PointDomain(min(sides), max(sides), tuple(kinds))
 
 
@@ -266,8 +268,8 @@ def adapt(pairs: Sequence[TrainingPair], values: Sequence[int], name: str, *,
             raise AdaptError(
                 f"too few labelled slices to train and check a gain ({held_slices} held out, "
                 f"{MIN_HELDOUT_SLICES} needed): label at least "
-                f"{HELDOUT_EVERY * (MIN_HELDOUT_SLICES - 1) + 3} slices of an object, or add "
-                "scans")
+                f"{HELDOUT_EVERY * (MIN_HELDOUT_SLICES - 1) + HELDOUT_FIRST + 1} slices of an "
+                "object, or add scans")
         say(f"{len(train)} training and {len(heldout)} held-out examples ({how})")
         image_encoder, decoder = load_decoder(model.spec)
         trainer = DecoderTrainer(decoder, bank, model.spec.input_size, config)

@@ -364,8 +364,8 @@ class SegmentationSession:
         base = spec.source.get("adapted_from")
         if spec.point_domain is None or not base:
             return self.model
-        intensity = "ct" if is_fixed_window(self.mapping) else "mr"
-        if spec.point_domain.covers(self.slice_shape(ref.axis), intensity):
+        shape = self.slice_shape(ref.axis)
+        if spec.point_domain.covers(shape, self.intensity_kind):
             return self.model
         if self._base_decoder is None:
             from napari_medsam.models.registry import get_spec
@@ -373,8 +373,8 @@ class SegmentationSession:
             self._base_decoder = self.model.with_decoder(get_spec(base).path("decoder"))
             logger.info("%s was trained on %s; this scan's %s slices of %s px are unlike "
                         "them: %s's decoder answers there", spec.name,
-                        spec.point_domain.describe(), intensity.upper(),
-                        max(self.slice_shape(ref.axis)), base)
+                        spec.point_domain.describe(), self.intensity_kind.upper(),
+                        max(shape), base)
         return self._base_decoder
 
     def native_clicks_on(self, ref: SliceRef) -> bool:
@@ -384,16 +384,22 @@ class SegmentationSession:
         spec = self.model.spec
         if not spec.answers("point"):
             return False
-        shape = tuple(np.delete(self.volume.shape, ref.axis))
-        intensity = "ct" if is_fixed_window(self.mapping) else "mr"
-        if spec.answers_points_on(shape, intensity):
+        shape = self.slice_shape(ref.axis)
+        if spec.answers_points_on(shape, self.intensity_kind):
             return True
         if not self._warned_point_domain:
             self._warned_point_domain = True
             logger.info("%s answered clicks itself on %s; this scan's slices are %s %s px: "
                         "clicks use the click search", spec.name,
-                        spec.point_domain.describe(), intensity.upper(), max(shape))
+                        spec.point_domain.describe(), self.intensity_kind.upper(),
+                        max(shape))
         return False
+
+    @property
+    def intensity_kind(self) -> str:
+        """``"ct"`` under a fixed CT window, else ``"mr"``: the mapping as an adapted model's
+        :class:`~napari_medsam.models.registry.PointDomain` records it."""
+        return "ct" if is_fixed_window(self.mapping) else "mr"
 
     def _native_clicks(self, ref: SliceRef, box: Box | None,
                        points: list[Click]) -> np.ndarray:
