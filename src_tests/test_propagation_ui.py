@@ -199,3 +199,25 @@ def test_panel_shows_stops_continues_within_the_range_and_accepts_once(sample_ct
     assert filled | {z} <= written
     target.undo()  # one step takes the propagation and its continuation back
     assert np.array_equal(target.data, after_2d)
+
+
+def test_learning_from_too_few_accepted_slices_says_so_and_propagates_as_before(
+        sample_ct_widget, qtbot):
+    viewer, widget, layer, reference = sample_ct_widget
+    reference = np.asarray(reference)
+    z = ABDOMEN_CROP.start + KIDNEY_ANCHOR
+    _accept_box(viewer, widget, layer, qtbot, z, reference[z] == KIDNEY_LEFT)
+    panel = widget.volume_panel
+    assert panel.learn_check.isEnabled()  # the test extra holds the export extra (torch)
+    panel.learn_check.setChecked(True)
+    panel.range_check.setChecked(True)
+    panel.first_spin.setValue(z - 2)
+    panel.last_spin.setValue(z + 2)
+    panel.propagate()
+    qtbot.waitUntil(lambda: not panel.running, timeout=300_000)
+    pending = panel.pending
+    assert pending is not None and any(m.any() for m in pending.masks.values())
+    lines = panel.info.text().splitlines()
+    assert lines[-1] == ("Not adapted: learning needs 3 accepted slices of the object along "
+                         "this axis (two to learn from, one to check); it has 1")
+    assert lines == list(pending.lines) and lines[0].startswith(f"Object {pending.label}: ")

@@ -113,6 +113,8 @@ class SegmentationSession:
         self._crops_lock = threading.Lock()
         self._warned_point_domain = False
         self._base_decoder: PromptModel | None = None
+        #: (decoder, axis, first, last): see :meth:`with_decoder_between`.
+        self._range_decoder: tuple[PromptModel, int, int, int] | None = None
 
     @property
     def zoom(self) -> str:
@@ -353,13 +355,35 @@ class SegmentationSession:
             mask = box_mask if mask is None else (mask | box_mask)
         return mask
 
+    def with_decoder_between(self, decoder: PromptModel, axis: int, first: int,
+                             last: int) -> SegmentationSession:
+        """A session on the same volume, mapping, zoom and embeddings whose prompts on the
+        slices ``first..last`` (inclusive) across ``axis`` are decoded by ``decoder`` (one
+        adapted to an object's accepted slices, sharing this model's encoder:
+        :func:`napari_medsam.adaptation.within_scan.adapt_to_slices`); everywhere else
+        this session's decoder answers. This session is unchanged."""
+        other = SegmentationSession(self.model, self.volume, self.mapping,
+                                    data_id=self.data_id, cache=self.cache,
+                                    disk_cache=self.disk_cache, zoom=self.zoom,
+                                    roi_policy=self.roi_policy)
+        other._digest = self._digest
+        other._range_decoder = (decoder, int(axis), min(first, last), max(first, last))
+        return other
+
     def decoder_for(self, ref: SliceRef) -> PromptModel:
-        """The model that decodes prompts on ``ref``: the session's own, except for an
-        adapted model on slices unlike those it was trained and checked on (its
-        ``point_domain``: longest side within 2x, same CT/MR mapping), where its base model's
-        decoder answers (same encoder: the same embeddings). A decoder adapted on 122-pixel
-        CT slices lost 0.015 box Dice on 512-pixel slices of another CT (stomach 0.89 ->
-        0.85)."""
+        """The model that decodes prompts on ``ref``: the session's own, except
+
+        - on the slices of a :meth:`with_decoder_between` session, where its decoder does;
+        - for an adapted model on slices unlike those it was trained and checked on (its
+          ``point_domain``: longest side within 2x, same CT/MR mapping), where its base
+          model's decoder answers (same encoder: the same embeddings). A decoder adapted on
+          122-pixel CT slices lost 0.015 box Dice on 512-pixel slices of another CT
+          (stomach 0.89 -> 0.85).
+        """
+        if self._range_decoder is not None:
+            decoder, axis, first, last = self._range_decoder
+            if ref.axis == axis and first <= ref.index <= last:
+                return decoder
         spec = self.model.spec
         base = spec.source.get("adapted_from")
         if spec.point_domain is None or not base:
