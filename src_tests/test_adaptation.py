@@ -154,6 +154,9 @@ def test_the_base_decoder_answers_on_slices_unlike_those_the_model_was_checked_o
     truth_big = np.repeat(np.repeat(other.labels == 2, 5, axis=1), 5, axis=2)
     model = load_model("hippo-test", device="cpu")
     session = SegmentationSession(model, big, auto_mapping(big, "MR"), zoom="off")
+    assert session.domain_note(0) == (
+        f"hippo-test was trained on {domain.describe()}; this scan's MR slices of "
+        f"{max(big.shape[1:])} px are unlike them, so litemedsam's decoder answers here")
     z = int(truth_big.sum(axis=(1, 2)).argmax())
     ref = SliceRef(0, z)
     assert not session.native_clicks_on(ref)
@@ -176,7 +179,8 @@ def test_the_base_decoder_answers_on_slices_unlike_those_the_model_was_checked_o
     z4 = int((other.labels == 2).sum(axis=(1, 2)).argmax())
     ys, xs = np.nonzero(other.labels[z4] == 2)
     box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-    assert own.decoder_for(SliceRef(0, z4)) is model
+    assert own.decoder_for(SliceRef(0, z4)) is model and own.domain_note(0) is None
+    assert base.domain_note(0) is None  # not an adapted model
     assert not np.array_equal(own.predict(SliceRef(0, z4), box=box).logits,
                               own_base.predict(SliceRef(0, z4), box=box).logits)
 

@@ -58,8 +58,14 @@ def _models(widget) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
 
 
-def test_adapt_to_my_labels_then_use_the_model_and_switch_back(hippocampus, qtbot):
+def test_adapt_to_my_labels_then_use_the_model_and_switch_back(hippocampus, qtbot,
+                                                               monkeypatch):
+    from napari_medsam._qt import widget as widget_mod
+    from napari_medsam._sample_data import sample_ct
+
     viewer, widget, labels, slices, notes = hippocampus
+    infos: list[str] = []
+    monkeypatch.setattr(widget_mod, "show_info", infos.append)
     panel = widget.adapt_panel
     assert panel.isHidden()
     widget.adapt_button.click()
@@ -115,6 +121,21 @@ def test_adapt_to_my_labels_then_use_the_model_and_switch_back(hippocampus, qtbo
           [z, ys.max(), xs.min()]]], dtype=float))
     qtbot.waitUntil(lambda: widget.preview_mask is not None, timeout=60_000)
     assert widget.preview_mask.any()  # the adapted model answers prompts
+    assert infos == []  # slices like those it learned from
+
+    # a CT: unlike the MR slices it learned from, so the base decoder answers, and it says so
+    mri = widget.image_layer.name
+    (ct, ct_kwargs, _), _ = sample_ct()
+    ct_layer = viewer.add_image(ct, **ct_kwargs)
+    widget.images.combo.setCurrentText(ct_layer.name)
+    qtbot.waitUntil(lambda: widget.image_layer is ct_layer and widget.session is not None,
+                    timeout=60_000)
+    assert len(infos) == 1 and infos[0].startswith(f"MedSAM: {NAME} was trained on MR slices")
+    assert infos[0].endswith("so litemedsam's decoder answers here")
+    widget.images.combo.setCurrentText(mri)
+    qtbot.waitUntil(lambda: widget.image_layer.name == mri and widget.session is not None,
+                    timeout=60_000)
+    assert len(infos) == 1
 
     widget.models.model_combo.setCurrentText("litemedsam")  # and back
     qtbot.waitUntil(lambda: widget.model.spec.name == "litemedsam"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
@@ -259,7 +259,17 @@ class SegmentWidget(QWidget):
             self.model, layer.data, mapping_for_layer(layer), data_id=id(layer.data),
             cache=cache, cache_bytes=self.embed_panel.cache_bytes, disk_cache=True,
             zoom=self.zoom)
+        self._note_domain()
         self.refresh_objects()
+
+    def _note_domain(self) -> None:
+        """Say so when an adapted model meets slices unlike those it learned from (its base
+        model's decoder answers there: :meth:`SegmentationSession.domain_note`)."""
+        ref = self.current_slice()
+        note = self.session.domain_note(ref.axis if ref is not None else 0)
+        if note is not None:
+            show_info(f"MedSAM: {note}")
+            self._set_status(note)
 
     def _orient(self, *_args) -> None:
         """Superior up when the view shows the slice axis vertically (coronal, sagittal)."""

@@ -384,22 +384,31 @@ class SegmentationSession:
             decoder, axis, first, last = self._range_decoder
             if ref.axis == axis and first <= ref.index <= last:
                 return decoder
-        spec = self.model.spec
-        base = spec.source.get("adapted_from")
-        if spec.point_domain is None or not base:
-            return self.model
-        shape = self.slice_shape(ref.axis)
-        if spec.point_domain.covers(shape, self.intensity_kind):
+        note = self.domain_note(ref.axis)
+        if note is None:
             return self.model
         if self._base_decoder is None:
             from napari_medsam.models.registry import get_spec
 
+            base = self.model.spec.source["adapted_from"]
             self._base_decoder = self.model.with_decoder(get_spec(base).path("decoder"))
-            logger.info("%s was trained on %s; this scan's %s slices of %s px are unlike "
-                        "them: %s's decoder answers there", spec.name,
-                        spec.point_domain.describe(), self.intensity_kind.upper(),
-                        max(shape), base)
+            logger.info("%s", note)
         return self._base_decoder
+
+    def domain_note(self, axis: int = 0) -> str | None:
+        """None when the session's model answers prompts on the slices across ``axis``
+        itself; for an adapted model on slices unlike those it was trained and checked on,
+        a line saying so and which decoder answers instead (see :meth:`decoder_for`)."""
+        spec = self.model.spec
+        base = spec.source.get("adapted_from")
+        if spec.point_domain is None or not base:
+            return None
+        shape = self.slice_shape(axis)
+        if spec.point_domain.covers(shape, self.intensity_kind):
+            return None
+        return (f"{spec.name} was trained on {spec.point_domain.describe()}; this scan's "
+                f"{self.intensity_kind.upper()} slices of {max(shape)} px are unlike them, "
+                f"so {base}'s decoder answers here")
 
     def native_clicks_on(self, ref: SliceRef) -> bool:
         """Whether the model answers clicks on ``ref`` itself (an adapted model, on slices
