@@ -82,7 +82,8 @@ def test_a_decoder_between_slices_answers_there_only(hippocampus, litemedsam_ort
     assert other.decoder_for(SliceRef(1, 10)) is session.model  # another axis
     assert session.decoder_for(SliceRef(0, 10)) is session.model  # the session is unchanged
     assert (other.volume is session.volume and other.cache is session.cache
-            and other.zoom == session.zoom and other.mapping is session.mapping)
+            and other.zoom == session.zoom and other.mapping is session.mapping
+            and other._model_lock is session._model_lock)  # one model, one call at a time
 
 
 def test_learning_needs_three_accepted_slices(hippocampus):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,9 +37,12 @@ from .adapted_model import AdaptError, _export_decoder, _onnx_parity, _smoke_run
 from .examples import EmbeddingBank, collect_examples
 from .training import DecoderTrainer, TrainingConfig
 
+if TYPE_CHECKING:
+    from napari_medsam.engine.protocol import PromptModel
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["MIN_SLICES", "SliceAdaptation", "adapt_to_slices"]
+__all__ = ["MIN_SLICES", "SliceAdaptation", "adapt_to_slices", "learn_and_propagate_job"]
 
 #: Accepted slices needed: two to learn from and one held out to check the gain.
 MIN_SLICES = 3
@@ -70,7 +74,7 @@ class SliceAdaptation:
         The held-out slice and its box Dice with the base and the adapted decoder.
     """
 
-    model: object | None
+    model: PromptModel | None
     axis: int
     first: int
     last: int

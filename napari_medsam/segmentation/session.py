@@ -367,6 +367,7 @@ class SegmentationSession:
                                     disk_cache=self.disk_cache, zoom=self.zoom,
                                     roi_policy=self.roi_policy)
         other._digest = self._digest
+        other._model_lock = self._model_lock  # one model: its calls stay one at a time
         other._range_decoder = (decoder, int(axis), min(first, last), max(first, last))
         return other
 
