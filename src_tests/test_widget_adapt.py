@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_medsam._prompt_layers import BOXES_LAYER
 from napari_medsam._qt import adapt_panel as adapt_panel_mod
@@ -34,6 +35,12 @@ def hippocampus(make_napari_viewer, qtbot, litemedsam, data_dir, monkeypatch):
     accepted[slices] = np.where(reference[slices] == POSTERIOR, POSTERIOR, 0)
     labels = viewer.add_labels(accepted, name=f"{layer.name} labels", scale=layer.scale,
                                translate=layer.translate)
+    # another scan of the cohort with its label map (offered under "Also learn from")
+    ((other, other_kwargs, _),) = read_layers(folder / "hippocampus_004_image.nii.gz")
+    ((other_labels, other_labels_kwargs, _),) = read_layers(
+        folder / "hippocampus_004_label.nii.gz")
+    viewer.add_image(other, **other_kwargs)
+    viewer.add_labels(other_labels, **other_labels_kwargs)
     widget = SegmentWidget(viewer, device="cpu")
     viewer.window.add_dock_widget(widget)
     try:
@@ -81,14 +88,21 @@ def test_adapt_to_my_labels_then_use_the_model_and_switch_back(hippocampus, qtbo
     assert len(notes) == 2 and "tick" in notes[0] and "exists already" in notes[1]
     assert not panel.running
 
+    # the other open scan is offered, unticked; ticked, the run learns from both scans
+    offered = [panel.scans.item(i).text() for i in range(panel.scans.count())]
+    assert offered == ["hippocampus_004_image / hippocampus_004_label"], offered
+    assert panel.chosen_scans() == []
+    panel.scans.item(0).setCheckState(Qt.CheckState.Checked)
     panel.name_edit.setText(f"{NAME}-cancelled")
     panel.adapt_button.click()
     assert panel.running and panel.cancel_button.isEnabled()
+    assert panel.progress.text() == f"Adapting litemedsam to labels [{POSTERIOR}] on 2 scans..."
     panel.cancel_button.click()
     qtbot.waitUntil(lambda: not panel.running, timeout=300_000)
     assert len(notes) == 3 and "cancelled" in notes[2] and f"{NAME}-cancelled" not in _models(
         widget)
 
+    panel.scans.item(0).setCheckState(Qt.CheckState.Unchecked)  # one scan: quicker
     seen: list[str] = []
     panel.progress_text.connect(seen.append)
     panel.config = TrainingConfig(epochs=5, seed=0, threads=1)  # kept, as in test_adaptation

@@ -2,7 +2,9 @@
 
 The panel takes the scan on display and the widget's target Labels layer as one
 :class:`~napari_medsam.adaptation.TrainingPair`, with the label values the user ticks among
-those the layer holds, and runs :func:`napari_medsam.adaptation.adapt` on a napari worker:
+those the layer holds, and optionally other open scans with their label maps (ticked under
+*Also learn from*: image and labels layers of the same shape and place,
+:func:`other_scans`), and runs :func:`napari_medsam.adaptation.adapt` on a napari worker:
 progress text (with an ETA while training) streams in, *Cancel* stops between slices and
 training steps (nothing is saved). The held-out Dice before and after training is shown from
 the returned :class:`~napari_medsam.adaptation.AdaptReport`; when a model was saved, *Use it*
@@ -38,6 +40,25 @@ if TYPE_CHECKING:
     from napari_medsam.segmentation.annotation import AnnotationModel
 
 logger = logging.getLogger(__name__)
+
+
+def other_scans(layers, image, labels) -> list[tuple[Any, Any]]:
+    """(image, labels) layer pairs among ``layers`` other than the scan on display
+    (``image``) and its target (``labels``): every 3D grey-value image with every label map
+    of its shape, scale and translate (the same voxel grid in the same place)."""
+    from napari.layers import Image, Labels
+
+    pairs = []
+    for scan in layers:
+        if not isinstance(scan, Image) or scan is image or scan.rgb or scan.ndim != 3:
+            continue
+        for mask in layers:
+            if (isinstance(mask, Labels) and mask is not labels
+                    and mask.data.shape == scan.data.shape
+                    and np.allclose(mask.scale, scan.scale)
+                    and np.allclose(mask.translate, scan.translate)):
+                pairs.append((scan, mask))
+    return pairs
 
 
 def free_name(base: str, taken: set[str]) -> str:
@@ -104,6 +125,11 @@ class AdaptPanel(QGroupBox):
         self.values = QListWidget()
         self.values.setMaximumHeight(90)
         self.values.setToolTip("The objects to learn: label values of the target labels")
+        self.scans = QListWidget()
+        self.scans.setMaximumHeight(70)
+        self.scans.setToolTip("Other open scans with a label map of the same grid: ticked ones "
+                              "are learnt from too (the same label values; with several "
+                              "scans, whole scans are held out to check the result)")
         self.name_edit = QLineEdit()
         self.name_edit.setToolTip("Name of the adapted model (a new registry model)")
         self.adapt_button = QPushButton("Adapt")
@@ -123,13 +149,15 @@ class AdaptPanel(QGroupBox):
         self.result.setWordWrap(True)
         grid = QGridLayout(self)
         grid.addWidget(self.values, 0, 0, 1, 3)
-        grid.addWidget(QLabel("Name"), 1, 0)
-        grid.addWidget(self.name_edit, 1, 1, 1, 2)
-        grid.addWidget(self.adapt_button, 2, 0)
-        grid.addWidget(self.cancel_button, 2, 1)
-        grid.addWidget(self.use_button, 2, 2)
-        grid.addWidget(self.progress, 3, 0, 1, 3)
-        grid.addWidget(self.result, 4, 0, 1, 3)
+        grid.addWidget(QLabel("Also learn from"), 1, 0, 1, 3)
+        grid.addWidget(self.scans, 2, 0, 1, 3)
+        grid.addWidget(QLabel("Name"), 3, 0)
+        grid.addWidget(self.name_edit, 3, 1, 1, 2)
+        grid.addWidget(self.adapt_button, 4, 0)
+        grid.addWidget(self.cancel_button, 4, 1)
+        grid.addWidget(self.use_button, 4, 2)
+        grid.addWidget(self.progress, 5, 0, 1, 3)
+        grid.addWidget(self.result, 6, 0, 1, 3)
         self.progress_text.connect(self.progress.setText)
         #: Shows or hides the panel (it starts hidden); lives in the widget's layout.
         self.show_button = QPushButton("Adapt to my labels...")
@@ -174,12 +202,53 @@ class AdaptPanel(QGroupBox):
             self.values.addItem(item)
         if not self.name_edit.text() or self.name_edit.text() in set(registry_names()):
             self.name_edit.setText(free_name(self.base, set(registry_names())))
+        kept = set(self.chosen_scans())
+        self.scans.clear()
+        for image, mask in other_scans(self.viewer.layers, self.annotation.image, labels):
+            item = QListWidgetItem(f"{image.name} / {mask.name}")
+            item.setData(Qt.ItemDataRole.UserRole, (image.name, mask.name))
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if (image.name, mask.name) in kept
+                               else Qt.CheckState.Unchecked)
+            self.scans.addItem(item)
 
     def chosen_values(self) -> list[int]:
         """The ticked label values."""
         items = (self.values.item(i) for i in range(self.values.count()))
         return [int(item.data(Qt.ItemDataRole.UserRole)) for item in items
                 if item.checkState() == Qt.CheckState.Checked]
+
+    def chosen_scans(self) -> list[tuple[str, str]]:
+        """(image, labels) layer names of the ticked other scans."""
+        items = (self.scans.item(i) for i in range(self.scans.count()))
+        return [tuple(item.data(Qt.ItemDataRole.UserRole)) for item in items
+                if item.checkState() == Qt.CheckState.Checked]
+
+    def _pairs(self, values: list[int]) -> list[TrainingPair] | None:
+        """The scan on display and the ticked other scans as training pairs (None: a
+        notification said why)."""
+        from napari_medsam.adaptation import TrainingPair
+        from napari_medsam.io import Volume
+
+        first = self._pair(values)
+        if first is None:
+            return None
+        pairs = [first]
+        for image_name, labels_name in self.chosen_scans():
+            if image_name not in self.viewer.layers or labels_name not in self.viewer.layers:
+                show_warning(f"MedSAM: {image_name!r} or {labels_name!r} is no longer open; "
+                             "untick it")
+                return None
+            image, labels = self.viewer.layers[image_name], self.viewer.layers[labels_name]
+            data = np.array(labels.data, copy=True)
+            if not np.isin(data, values).any():
+                show_warning(f"MedSAM: {labels_name!r} holds none of labels {values}; untick "
+                             f"{image_name!r} or tick other objects")
+                return None
+            volume = Volume.from_metadata(np.asarray(image.data), image.metadata)
+            pairs.append(TrainingPair(volume, data,
+                                      f"napari layers {image.name!r} / {labels.name!r}"))
+        return pairs
 
     def _pair(self, values: list[int]) -> TrainingPair | None:
         """The scan and its labels as a training pair (None: a notification said why)."""
@@ -223,27 +292,28 @@ class AdaptPanel(QGroupBox):
         except AdaptError as exc:
             show_error(f"MedSAM: {exc}")
             return
-        pair = self._pair(values)
-        if pair is None:
+        pairs = self._pairs(values)
+        if pairs is None:
             return
         labels = self.annotation.target
         names = {v: label_name(labels.metadata, v) for v in values}
         self._cancel.clear()
         self.report = None
         self.result.setText("")
-        self.progress.setText(f"Adapting {self.base} to labels {values}...")
+        scans = f"{len(pairs)} scans" if len(pairs) > 1 else "this scan"
+        self.progress.setText(f"Adapting {self.base} to labels {values} on {scans}...")
         self._set_running(True)
-        self._worker = create_worker(self._job, pair, values, name, names, _start_thread=False,
+        self._worker = create_worker(self._job, pairs, values, name, names, _start_thread=False,
                                      _connect={"returned": self._on_done,
                                                "errored": self._on_error,
                                                "finished": self._on_finished})
         self._worker.start()
 
-    def _job(self, pair: TrainingPair, values: list[int], name: str,
+    def _job(self, pairs: list[TrainingPair], values: list[int], name: str,
              names: dict[int, str]) -> AdaptReport:
         from napari_medsam.adaptation import adapt
 
-        return adapt([pair], values, name, base=self.base, device=self.device,
+        return adapt(pairs, values, name, base=self.base, device=self.device,
                      backend=self.backend, zoom=self.annotation.zoom, config=self.config,
                      label_names=names, progress=self.progress_text.emit,
                      cancel=self._cancel.is_set)
