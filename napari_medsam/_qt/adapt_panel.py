@@ -61,6 +61,19 @@ def other_scans(layers, image, labels) -> list[tuple[Any, Any]]:
     return pairs
 
 
+def layer_pair(image, labels, values: list[int]) -> TrainingPair | None:
+    """An image layer and its label map as a training pair (a copy of the labels: the user
+    may paint meanwhile); None when the labels hold none of ``values``."""
+    from napari_medsam.adaptation import TrainingPair
+    from napari_medsam.io import Volume
+
+    data = np.array(labels.data, copy=True)
+    if not np.isin(data, values).any():
+        return None
+    volume = Volume.from_metadata(np.asarray(image.data), image.metadata)
+    return TrainingPair(volume, data, f"napari layers {image.name!r} / {labels.name!r}")
+
+
 def free_name(base: str, taken: set[str]) -> str:
     """``<base>-adapted``, numbered from 2 when taken."""
     name, number = f"{base}-adapted", 2
@@ -227,34 +240,6 @@ class AdaptPanel(QGroupBox):
     def _pairs(self, values: list[int]) -> list[TrainingPair] | None:
         """The scan on display and the ticked other scans as training pairs (None: a
         notification said why)."""
-        from napari_medsam.adaptation import TrainingPair
-        from napari_medsam.io import Volume
-
-        first = self._pair(values)
-        if first is None:
-            return None
-        pairs = [first]
-        for image_name, labels_name in self.chosen_scans():
-            if image_name not in self.viewer.layers or labels_name not in self.viewer.layers:
-                show_warning(f"MedSAM: {image_name!r} or {labels_name!r} is no longer open; "
-                             "untick it")
-                return None
-            image, labels = self.viewer.layers[image_name], self.viewer.layers[labels_name]
-            data = np.array(labels.data, copy=True)
-            if not np.isin(data, values).any():
-                show_warning(f"MedSAM: {labels_name!r} holds none of labels {values}; untick "
-                             f"{image_name!r} or tick other objects")
-                return None
-            volume = Volume.from_metadata(np.asarray(image.data), image.metadata)
-            pairs.append(TrainingPair(volume, data,
-                                      f"napari layers {image.name!r} / {labels.name!r}"))
-        return pairs
-
-    def _pair(self, values: list[int]) -> TrainingPair | None:
-        """The scan and its labels as a training pair (None: a notification said why)."""
-        from napari_medsam.adaptation import TrainingPair
-        from napari_medsam.io import Volume
-
         image, labels = self.annotation.image, self.annotation.target
         if image is None or labels is None:
             show_warning("MedSAM: open a scan and accept some objects first")
@@ -262,12 +247,24 @@ class AdaptPanel(QGroupBox):
         if not values:
             show_warning("MedSAM: tick the objects to learn")
             return None
-        data = np.array(labels.data, copy=True)  # the user may paint meanwhile
-        if not np.isin(data, values).any():
+        first = layer_pair(image, labels, values)
+        if first is None:
             show_warning(f"MedSAM: labels {values} have no labelled voxels yet")
             return None
-        volume = Volume.from_metadata(np.asarray(image.data), image.metadata)
-        return TrainingPair(volume, data, f"napari layers {image.name!r} / {labels.name!r}")
+        pairs = [first]
+        for image_name, labels_name in self.chosen_scans():
+            if image_name not in self.viewer.layers or labels_name not in self.viewer.layers:
+                show_warning(f"MedSAM: {image_name!r} or {labels_name!r} is no longer open; "
+                             "untick it")
+                return None
+            pair = layer_pair(self.viewer.layers[image_name], self.viewer.layers[labels_name],
+                              values)
+            if pair is None:
+                show_warning(f"MedSAM: {labels_name!r} holds none of labels {values}; untick "
+                             f"{image_name!r} or tick other objects")
+                return None
+            pairs.append(pair)
+        return pairs
 
     def start(self) -> None:
         """Check the input, then adapt on a worker thread."""
