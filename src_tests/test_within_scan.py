@@ -61,8 +61,8 @@ def test_propagating_after_learning_is_better_between_the_accepted_slices(hippoc
     assert taught.lines[:-1] == plain.lines  # the same run, stops included
     assert taught.lines[-1].startswith("Learned the object from 3 accepted slices in ")
     assert taught.lines[-1].endswith("; it answers on slices 7-14")
-    assert any(s.startswith("checking on slice 11, epoch 10") for s in stages)
-    assert any(s.startswith("learning, epoch 10") for s in stages)
+    assert any(s.startswith("1/2 checking on slice 11, epoch 10") for s in stages)
+    assert any(s.startswith("2/2 learning from all, epoch 10") for s in stages)
     before, after = _volume(plain, obj.shape), _volume(taught, obj.shape)
     for z in ACCEPTED:
         before[z] = after[z] = obj[z]

@@ -181,7 +181,7 @@ def adapt_to_slices(session, axis: int, slices: Mapping[int, np.ndarray], *,
         trainer = DecoderTrainer(decoder, bank, session.model.spec.input_size, config)
         checked = trainer.fit([e for e in examples if e.index != held],
                               [e for e in examples if e.index == held],
-                              progress=step(f"checking on slice {held}"), cancel=cancel)
+                              progress=step(f"1/2 checking on slice {held}"), cancel=cancel)
         check = {"slice": held, "base": round(checked.base.box, 4),
                  "adapted": round(checked.best.box, 4)}
         if checked.cancelled:
@@ -191,7 +191,8 @@ def adapt_to_slices(session, axis: int, slices: Mapping[int, np.ndarray], *,
                            f"{held} better (box Dice {check['base']:.3f} -> "
                            f"{check['adapted']:.3f})", check=check)
         trainer = DecoderTrainer(decoder, bank, session.model.spec.input_size, config)
-        trained = trainer.fit(examples, [], progress=step("learning"), cancel=cancel)
+        trained = trainer.fit(examples, [], progress=step("2/2 learning from all"),
+                              cancel=cancel)
         if trained.cancelled:
             return nothing("cancelled", check=check)
     finally:
