@@ -130,7 +130,13 @@ def test_two_clients_get_the_local_embeddings_batched(server, local, slices):
     for remote_a, remote_b, (image, box, _) in zip(*results, slices, strict=True):
         reference = local.embed(image)
         assert remote_a.features.dtype == np.float16
-        np.testing.assert_array_equal(remote_a.features, remote_b.features)
+        # both clients asked at once, so the slice may be encoded twice, in batches of other
+        # sizes or on another replica: on some CPUs (oneDNN with AMX) that moves a float16
+        # value by one step (seen on 0.8 % of values); anything more is a wrong embedding
+        spacing = np.abs(np.spacing(remote_a.features.astype(np.float16))).astype(np.float32)
+        apart = np.abs(remote_a.features.astype(np.float32)
+                       - remote_b.features.astype(np.float32))
+        assert (apart <= spacing).all(), f"{int((apart > spacing).sum())} values apart"
         scale = float(np.abs(reference.features).max())
         worst = max(worst, float(np.abs(remote_a.features.astype(np.float32)
                                         - reference.features).max()) / scale)
