@@ -12,8 +12,13 @@ import pytest
 from helpers import case_dir
 
 from napari_medsam.adaptation import AdaptError, TrainingConfig, TrainingPair, adapt, read_pair
-from napari_medsam.adaptation.cohort import worth_keeping
-from napari_medsam.adaptation.examples import EmbeddingBank, collect_examples, low_res_target
+from napari_medsam.adaptation.cohort import WHOLE_SCAN_SPLIT, split_examples, worth_keeping
+from napari_medsam.adaptation.examples import (
+    EmbeddingBank,
+    Example,
+    collect_examples,
+    low_res_target,
+)
 from napari_medsam.adaptation.training import EpochScore, TrainingResult
 from napari_medsam.cli import main
 from napari_medsam.engine import load_model
@@ -286,3 +291,20 @@ def test_a_model_with_another_decoder_shares_the_embeddings(few_slices, litemeds
     box = (10, 10, 30, 30)
     assert np.array_equal(shared.predict(SliceRef(0, z), box=box).logits,
                           session.predict(SliceRef(0, z), box=box).logits)
+
+
+def test_slices_are_held_out_below_four_scans_and_whole_scans_from_four():
+    """What the widget's Also learn from and the docs promise about the held-out split."""
+    def examples(scans: int) -> list[Example]:
+        empty = np.zeros((4, 4), dtype=bool)
+        return [Example(s, 1, i, view, (s, i, view), (4, 4), empty, empty.astype(np.float32))
+                for s in range(scans) for i in range(10) for view in ("slice", "roi")]
+
+    train, heldout, how = split_examples(examples(2), 2)
+    assert how.startswith("held-out slices") and {e.scan for e in heldout} == {0, 1}
+    held = {e.group for e in heldout}
+    assert len(held) == 4 and not held & {e.group for e in train}  # both views go together
+    assert WHOLE_SCAN_SPLIT == 4
+    train, heldout, how = split_examples(examples(4), 4)
+    assert how == "held-out scans: 4 of 4" and {e.scan for e in heldout} == {3}
+    assert {e.scan for e in train} == {0, 1, 2}

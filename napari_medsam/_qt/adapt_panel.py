@@ -141,8 +141,8 @@ class AdaptPanel(QGroupBox):
         self.scans = QListWidget()
         self.scans.setMaximumHeight(70)
         self.scans.setToolTip("Other open scans with a label map of the same grid: ticked ones "
-                              "are learnt from too (the same label values; with several "
-                              "scans, whole scans are held out to check the result)")
+                              "are learnt from too (the same label values; with 4 scans or "
+                              "more, whole scans are held out to check the result)")
         self.name_edit = QLineEdit()
         self.name_edit.setToolTip("Name of the adapted model (a new registry model)")
         self.adapt_button = QPushButton("Adapt")
