@@ -44,6 +44,7 @@ from napari_medsam._prompt_layers import BOXES_LAYER, PREVIEW_LAYER, boxes_on_sl
 from napari_medsam._qt.label_writes import write_change
 from napari_medsam._qt.slices import current_slice
 from napari_medsam._qt.stops_view import StopsView
+from napari_medsam.models.export_common import missing_export_packages
 from napari_medsam.segmentation import SliceRef
 from napari_medsam.segmentation.annotation_edits import (
     ADDED,
@@ -124,12 +125,11 @@ class VolumePanel(QGroupBox):
             "along this axis; about 45 s on 2 CPU cores) and segments the slices between the "
             "outermost of them with it; beyond them the model as it is. Hippocampus, 3 "
             "accepted slices: 0.70 -> 0.79 mean Dice")
-        self._learn_missing = _missing_learning_packages()
-        if self._learn_missing:
+        missing = missing_export_packages()
+        if missing:
             self.learn_check.setEnabled(False)
-            self.learn_check.setToolTip("Needs the export extra (missing: "
-                                        f"{', '.join(self._learn_missing)}): pip install "
-                                        "'napari-medsam[export]'")
+            self.learn_check.setToolTip(f"Needs the export extra (missing: {', '.join(missing)})"
+                                        ": pip install 'napari-medsam[export]'")
         self.learning.connect(self._show_learning)
         self.box_button = QPushButton("3D box")
         self.box_button.setToolTip("The box drawn on this slice, applied to every slice from "
@@ -428,10 +428,3 @@ class VolumePanel(QGroupBox):
         show_info(f"MedSAM: {text}")
         self.labels_changed.emit()
         return change.count
-
-
-def _missing_learning_packages() -> list[str]:
-    """The export extra's packages that learning needs and this Python lacks."""
-    from napari_medsam.models.export_common import missing_export_packages
-
-    return missing_export_packages()

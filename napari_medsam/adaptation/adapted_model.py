@@ -119,6 +119,24 @@ def _onnx_parity(path: Path, args, torch_masks: np.ndarray) -> float:
     return float(np.abs(masks[:, 0] - torch_masks[:, 0]).max())
 
 
+def export_checked(image_encoder, decoder, spec: ModelSpec, path: Path):
+    """Export ``decoder`` (in eval mode) to ``path`` as ONNX and check it against PyTorch on
+    the smoke prompt through ``spec``'s encoder; (args, masks, iou, largest difference).
+
+    Raises
+    ------
+    AdaptError
+        The export differs by more than :data:`PARITY_TOLERANCE`.
+    """
+    _, args, masks, iou = _smoke_run(image_encoder, decoder, spec)
+    _export_decoder(decoder, args, path)
+    diff = _onnx_parity(path, args, masks)
+    if not diff <= PARITY_TOLERANCE:
+        raise AdaptError(f"the exported decoder differs from PyTorch by {diff:.2e} "
+                         f"(> {PARITY_TOLERANCE}); nothing was saved")
+    return args, masks, iou, diff
+
+
 def save_adapted_model(name: str, base: ModelSpec, image_encoder, decoder, *,
                        answers_points: bool, card: dict[str, Any],
                        point_domain: PointDomain | None = None) -> ModelSpec:
@@ -139,17 +157,12 @@ def save_adapted_model(name: str, base: ModelSpec, image_encoder, decoder, *,
 
     check_new_name(name)
     decoder = decoder.eval()
-    inputs, args, masks, iou = _smoke_run(image_encoder, decoder, base)
     target = model_dir(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         work = Path(tmp)
         path = work / "decoder.onnx"
-        _export_decoder(decoder, args, path)
-        diff = _onnx_parity(path, args, masks)
-        if not diff <= PARITY_TOLERANCE:
-            raise AdaptError(f"the exported decoder differs from PyTorch by {diff:.2e} "
-                             f"(> {PARITY_TOLERANCE}); nothing was saved")
+        args, masks, iou, diff = export_checked(image_encoder, decoder, base, path)
         digest = file_sha256(path)
         fingerprint = summarize(args[0].numpy(), masks, iou)
         encoder_path = base.path("encoder")

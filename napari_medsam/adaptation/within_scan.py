@@ -18,7 +18,9 @@ accepted slice. At least :data:`MIN_SLICES` accepted slices are needed (two to l
 one to check).
 
 Torch is imported only here (through :mod:`.adapted_model`); the adapted decoder runs on
-ONNX Runtime, from a temporary file that :meth:`SliceAdaptation.close` removes.
+ONNX Runtime, from a temporary file (exported and checked against PyTorch like a saved
+adapted model's, :func:`~.adapted_model.export_checked`) that :meth:`SliceAdaptation.close`
+removes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .adapted_model import AdaptError, _export_decoder, _onnx_parity, _smoke_run, load_decoder
+from .adapted_model import AdaptError, export_checked, load_decoder
 from .examples import EmbeddingBank, collect_examples
 from .training import DecoderTrainer, TrainingConfig
 
@@ -48,8 +50,6 @@ __all__ = ["MIN_SLICES", "SliceAdaptation", "adapt_to_slices", "learn_and_propag
 MIN_SLICES = 3
 #: The recipe: boxes only, as propagation prompts.
 CONFIG = TrainingConfig(prompts=("box",))
-#: Largest difference allowed between the exported decoder and PyTorch (logits).
-PARITY_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -200,12 +200,11 @@ def adapt_to_slices(session, axis: int, slices: Mapping[int, np.ndarray], *,
     trainer.module.eval()
     folder = tempfile.TemporaryDirectory(prefix="napari-medsam-slices-")
     path = Path(folder.name) / "decoder.onnx"
-    _, args, masks, _ = _smoke_run(image_encoder, trainer.module, session.model.spec)
-    _export_decoder(trainer.module, args, path)
-    diff = _onnx_parity(path, args, masks)
-    if not diff <= PARITY_TOLERANCE:
+    try:
+        export_checked(image_encoder, trainer.module, session.model.spec, path)
+    except AdaptError:
         folder.cleanup()
-        raise AdaptError(f"the adapted decoder's export differs from PyTorch by {diff:.1e}")
+        raise
     model = session.model.with_decoder(path)
     adaptation = SliceAdaptation(model, axis, first, last, len(filled), len(examples),
                                  time.perf_counter() - start, check=check, folder=folder)

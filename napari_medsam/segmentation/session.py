@@ -385,31 +385,34 @@ class SegmentationSession:
             decoder, axis, first, last = self._range_decoder
             if ref.axis == axis and first <= ref.index <= last:
                 return decoder
-        note = self.domain_note(ref.axis)
-        if note is None:
+        if not self._outside_domain(ref.axis):
             return self.model
         if self._base_decoder is None:
             from napari_medsam.models.registry import get_spec
 
             base = self.model.spec.source["adapted_from"]
             self._base_decoder = self.model.with_decoder(get_spec(base).path("decoder"))
-            logger.info("%s", note)
+            logger.info("%s", self.domain_note(ref.axis))
         return self._base_decoder
+
+    def _outside_domain(self, axis: int) -> bool:
+        """Whether the model is adapted and the slices across ``axis`` are unlike those it
+        was trained and checked on (its base model's decoder answers there)."""
+        spec = self.model.spec
+        if spec.point_domain is None or not spec.source.get("adapted_from"):
+            return False
+        return not spec.point_domain.covers(self.slice_shape(axis), self.intensity_kind)
 
     def domain_note(self, axis: int = 0) -> str | None:
         """None when the session's model answers prompts on the slices across ``axis``
         itself; for an adapted model on slices unlike those it was trained and checked on,
         a line saying so and which decoder answers instead (see :meth:`decoder_for`)."""
+        if not self._outside_domain(axis):
+            return None
         spec = self.model.spec
-        base = spec.source.get("adapted_from")
-        if spec.point_domain is None or not base:
-            return None
-        shape = self.slice_shape(axis)
-        if spec.point_domain.covers(shape, self.intensity_kind):
-            return None
         return (f"{spec.name} was trained on {spec.point_domain.describe()}; this scan's "
-                f"{self.intensity_kind.upper()} slices of {max(shape)} px are unlike them, "
-                f"so {base}'s decoder answers here")
+                f"{self.intensity_kind.upper()} slices of {max(self.slice_shape(axis))} px "
+                f"are unlike them, so {spec.source['adapted_from']}'s decoder answers here")
 
     def native_clicks_on(self, ref: SliceRef) -> bool:
         """Whether the model answers clicks on ``ref`` itself (an adapted model, on slices

@@ -42,12 +42,7 @@ sys.path.insert(0, str(HERE))
 from helpers import case_dir, dice  # noqa: E402
 from propagation_adapted import OBJECTS, anchor_slices  # noqa: E402
 
-from napari_medsam.adaptation.adapted_model import (  # noqa: E402
-    _export_decoder,
-    _onnx_parity,
-    _smoke_run,
-    load_decoder,
-)
+from napari_medsam.adaptation.adapted_model import export_checked, load_decoder  # noqa: E402
 from napari_medsam.adaptation.examples import EmbeddingBank, collect_examples  # noqa: E402
 from napari_medsam.adaptation.training import DecoderTrainer, TrainingConfig  # noqa: E402
 from napari_medsam.adaptation.within_scan import adapt_to_slices  # noqa: E402
@@ -75,11 +70,7 @@ def adapted_decoder(session, anchors: dict, folder: Path, config: TrainingConfig
         result = trainer.fit(train, heldout)
         trainer.module.eval()
         path = folder / "decoder.onnx"
-        _, args, masks, _ = _smoke_run(image_encoder, trainer.module, session.model.spec)
-        _export_decoder(trainer.module, args, path)
-        diff = _onnx_parity(path, args, masks)
-        if diff > 1e-3:
-            raise RuntimeError(f"export differs by {diff:.1e}")
+        export_checked(image_encoder, trainer.module, session.model.spec, path)
     finally:
         bank.close()
     stats = {"examples": len(examples), "epochs": len(result.epochs) - 1,
