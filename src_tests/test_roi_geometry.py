@@ -59,7 +59,13 @@ def test_choose_crop_is_a_fixed_roi_centred_on_small_boxes():
     crop = choose_crop((100, 200, 139, 219), shape, 256, policy)  # 40 x 20 box
     assert crop is not None and (crop.rows, crop.cols, crop.canvas) == (64, 64, 64)
     assert crop.contains((100, 200, 139, 219))
-    assert abs((crop.x0 + crop.cols / 2) - 120) <= 1 and abs((crop.y0 + crop.rows / 2) - 210) <= 1
+    # on the 32-pixel grid: 12 pixels free around the box (>= 10 % of its 40-pixel side)
+    assert (crop.x0, crop.y0) == (96, 192)
+    # too little room on the 32-pixel grid: the 8-pixel grid's most central ROI
+    fine = choose_crop((100, 200, 149, 219), shape, 256, policy)  # 50 x 20 box
+    assert (fine.x0, fine.y0) == (96, 176) and fine.contains((100, 200, 149, 219))
+    fine = choose_crop((90, 200, 139, 219), shape, 256, policy)
+    assert fine.x0 == 80 and fine.contains((90, 200, 139, 219))
     # near the border the square is shifted inside the slice, never cut
     edge = choose_crop((0, 500, 19, 511), shape, 256, policy)
     assert edge is not None and (edge.rows, edge.cols) == (64, 64)
@@ -67,6 +73,35 @@ def test_choose_crop_is_a_fixed_roi_centred_on_small_boxes():
     # a box too large for the ROI with its context: none
     assert choose_crop((0, 0, 59, 59), shape, 256, policy) is None
     assert choose_crop((0, 0, 50, 50), shape, 256, policy) is not None  # 51 * 1.25 <= 64
+
+
+def test_choose_crop_depends_on_the_box_alone_and_nearby_boxes_share_it():
+    policy = RoiPolicy()
+    shape = (320, 260)
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        w, h = (int(v) for v in rng.integers(1, 52, size=2))  # every box size that gets a ROI
+        x0, y0 = int(rng.integers(0, shape[1] - w)), int(rng.integers(0, shape[0] - h))
+        box = (x0, y0, x0 + w - 1, y0 + h - 1)
+        crop = choose_crop(box, shape, 256, policy)
+        assert crop is not None and crop.contains(box)
+        assert crop == choose_crop(box, shape, 256, policy)
+        # on a grid, or flush with the slice's far border
+        assert crop.x0 % 8 == 0 or crop.x0 + crop.cols == shape[1]
+        assert crop.y0 % 8 == 0 or crop.y0 + crop.rows == shape[0]
+        on_coarse = [start % 32 == 0 or start + 64 == size
+                     for start, size in ((crop.x0, shape[1]), (crop.y0, shape[0]))]
+        if not all(on_coarse):  # the fine grid: no coarse ROI leaves 10 % room
+            room = 0.1 * max(w, h)
+            x_room = any(s + room <= x0 and box[2] + room <= s + 63
+                         for s in (*range(0, shape[1] - 63, 32), shape[1] - 64))
+            y_room = any(s + room <= y0 and box[3] + room <= s + 63
+                         for s in (*range(0, shape[0] - 63, 32), shape[0] - 64))
+            assert not (x_room and y_room)
+    # boxes a few pixels apart (two structures, the next click) share one ROI and embedding
+    crop = choose_crop((100, 200, 129, 219), (512, 512), 256, policy)
+    assert crop == choose_crop((101, 200, 129, 218), (512, 512), 256, policy)
+    assert crop == choose_crop((110, 205, 139, 230), (512, 512), 256, policy)
 
 
 def test_choose_crop_on_a_small_slice_is_the_whole_slice_on_a_canvas():
@@ -124,10 +159,14 @@ def test_policy_validation_and_defaults():
         RoiPolicy(context=0.5)
     with pytest.raises(ValueError, match="upsample"):
         RoiPolicy(upsample=0)
-    with pytest.raises(ValueError, match="reuse_margin"):
-        RoiPolicy(reuse_margin=-0.1)
+    for grids in ((), (0.0,), (0.5, -0.1), (1.5,)):
+        with pytest.raises(ValueError, match="grids"):
+            RoiPolicy(grids=grids)
+    with pytest.raises(ValueError, match="margin"):
+        RoiPolicy(margin=-0.1)
     policy = RoiPolicy()
-    assert (policy.upsample, policy.context, policy.reuse_margin, policy.weak_logit) \
-        == (4.0, 1.25, 0.1, -3.0)
+    assert (policy.upsample, policy.context, policy.grids, policy.margin, policy.weak_logit) \
+        == (4.0, 1.25, (0.5, 0.125), 0.1, -3.0)
+    assert policy.grid_steps(256) == (32, 8)
     assert (policy.combine, policy.intensity) == ("mean", "slice")
     assert policy.canvas(256) == 64

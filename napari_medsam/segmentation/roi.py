@@ -163,9 +163,16 @@ class RoiPolicy:
     context
         The ROI's side is at least this many times the box's longer side; larger boxes are
         segmented on the whole slice only.
-    reuse_margin
-        A ROI already embedded on the slice is reused for a new box that it holds with at
-        least this fraction of the box's longer side free on every inner side.
+    grids
+        Where ROIs start: on grids of these fractions of their side, coarse to fine (32 and 8
+        native pixels for LiteMedSAM). A box gets the coarse grid's ROI that holds it most
+        centrally when that ROI leaves ``margin`` free around it, else the finest grid's.
+        The ROI is a function of the box alone: the same box always gets the same mask,
+        whatever was segmented before, and nearby boxes (other structures on the slice, the
+        next click, the next slice of a propagation) share one embedding.
+    margin
+        Free space the coarse grid's ROI must leave on every inner side of the box, as a
+        fraction of the box's longer side (a side on the slice's border needs none).
     weak_logit
         Hysteresis threshold of box masks that got a ROI: pixels with logit above
         ``weak_logit`` that are connected to a pixel above 0 join the mask.
@@ -179,7 +186,8 @@ class RoiPolicy:
 
     upsample: float = 4.0
     context: float = 1.25
-    reuse_margin: float = 0.1
+    grids: tuple[float, ...] = (0.5, 0.125)
+    margin: float = 0.1
     weak_logit: float = -3.0
 
     combine: ClassVar[str] = "mean"
@@ -191,8 +199,11 @@ class RoiPolicy:
             raise ValueError(f"context must be >= 1 (the ROI holds the box), got {self.context}")
         if self.upsample <= 0:
             raise ValueError(f"upsample must be > 0, got {self.upsample}")
-        if self.reuse_margin < 0:
-            raise ValueError(f"reuse_margin must be >= 0, got {self.reuse_margin}")
+        if not self.grids or not all(0.0 < g <= 1.0 for g in self.grids):
+            raise ValueError(f"grids must be fractions in (0, 1] of the ROI's side, "
+                             f"got {self.grids}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
 
     def applies_to(self, mapping, shape: tuple[int, int], input_size: int) -> bool:
         """Whether the rule is used on slices of ``shape`` that the model sees via ``mapping``:
@@ -204,6 +215,10 @@ class RoiPolicy:
         """Side (native pixels) of the ROI: ``input_size / upsample``."""
         return max(2, int(round(input_size / self.upsample)))
 
+    def grid_steps(self, input_size: int) -> tuple[int, ...]:
+        """Spacings (native pixels) of the grids ROIs start on, coarse to fine."""
+        return tuple(max(1, int(round(g * self.canvas(input_size)))) for g in self.grids)
+
 
 DEFAULT_POLICY = RoiPolicy()
 
@@ -214,14 +229,29 @@ def _place(centre: float, side: int, size: int) -> int:
     return max(0, min(start, size - side))
 
 
+def _place_on_grid(lo: float, hi: float, side: int, size: int, step: int) -> int | None:
+    """Start of a segment of ``side`` pixels inside ``0..size-1`` that holds ``lo..hi``: a
+    multiple of ``step`` (or the last possible start), the one that leaves the most room on
+    its tighter side; None when no such start holds the interval."""
+    last = size - side
+    starts = {*range(0, last + 1, step), last}
+    held = [s for s in starts if s <= lo and hi <= s + side - 1]
+    if not held:
+        return None
+    return max(held, key=lambda s: (min(lo - s, s + side - 1 - hi), -s))
+
+
 def choose_crop(box: Sequence[float], shape: tuple[int, int], input_size: int,
                 policy: RoiPolicy = DEFAULT_POLICY) -> Crop | None:
     """The ROI to segment ``box`` in, or None when the box gets none.
 
-    The ROI is :meth:`RoiPolicy.canvas` pixels square, centred on the box and shifted to lie
-    inside the slice; where the slice is smaller than that, the ROI is cut to the slice (and
-    padded on the canvas). None when the box is too large for it (``context``), or when the
-    ROI would be exactly the whole slice at the whole slice's own scale.
+    The ROI is :meth:`RoiPolicy.canvas` pixels square, inside the slice, and starts on one
+    of the policy's grids (:meth:`RoiPolicy.grid_steps`): the coarsest whose most central
+    ROI leaves the box ``margin`` free around it, else the finest: a function of the box
+    alone. Where the slice is smaller than the ROI, the ROI is cut to the slice (and padded
+    on the canvas). None when the box is too large for
+    it (``context``), or when the ROI would be exactly the whole slice at the whole slice's
+    own scale.
 
     Parameters
     ----------
@@ -245,8 +275,19 @@ def choose_crop(box: Sequence[float], shape: tuple[int, int], input_size: int,
     crop_rows, crop_cols = min(canvas, rows), min(canvas, cols)
     if crop_rows < 2 or crop_cols < 2:
         return None
-    top = _place((y0 + y1) / 2.0, crop_rows, rows)
-    left = _place((x0 + x1) / 2.0, crop_cols, cols)
+    room = policy.margin * extent
+    for step in policy.grid_steps(input_size):
+        top = _place_on_grid(y0, y1, crop_rows, rows, step)
+        left = _place_on_grid(x0, x1, crop_cols, cols, step)
+        if top is not None and left is not None:
+            crop = Crop(top, left, crop_rows, crop_cols, canvas)
+            if crop.contains(box, room, (rows, cols)):
+                return crop
+    # no grid leaves the room: the finest grid's ROI, or the centred one
+    if top is None:
+        top = _place((y0 + y1) / 2.0, crop_rows, rows)
+    if left is None:
+        left = _place((x0 + x1) / 2.0, crop_cols, cols)
     crop = Crop(top, left, crop_rows, crop_cols, canvas)
     return crop if crop.contains(box) else None
 

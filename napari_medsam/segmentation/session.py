@@ -109,8 +109,6 @@ class SegmentationSession:
         self.zoom = zoom
         self.roi_policy = roi_policy if roi_policy is not None else DEFAULT_POLICY
         self.roi_encoder_calls = 0
-        self._crops: dict[tuple, list[Crop]] = {}
-        self._crops_lock = threading.Lock()
         self._warned_point_domain = False
         self._base_decoder: PromptModel | None = None
         #: (decoder, axis, first, last): see :meth:`with_decoder_between`.
@@ -231,29 +229,13 @@ class SegmentationSession:
         """The region of interest ``box`` is also segmented in, or None (zoom off, or the box
         gets none; see :func:`~napari_medsam.segmentation.roi.choose_crop`).
 
-        A ROI already embedded on this slice is reused when it holds the box with enough
-        free space around it (``roi_policy.reuse_margin``), so further prompts in the same
-        region cost no encoder run.
+        The ROI depends on the box alone (it starts on the policy's grids), so the same box
+        gets the same mask whatever the session segmented before, and boxes a few pixels
+        apart share one ROI embedding.
         """
         if not self.roi_active(ref.axis):
             return None
-        policy = self.roi_policy
-        shape = self.slice_shape(ref.axis)
-        wanted = choose_crop(box, shape, self._input_size(), policy)
-        if wanted is None:
-            return None
-        x0, y0, x1, y1 = (float(v) for v in box)
-        margin = policy.reuse_margin * max(x1 - x0 + 1.0, y1 - y0 + 1.0)
-        with self._crops_lock:
-            known = list(self._crops.get(self._slice_id(ref), ()))
-        for crop in known:
-            if crop.canvas == wanted.canvas and crop.contains(box, margin, shape) \
-                    and self.crop_key(ref, crop) in self.cache:
-                return crop
-        return wanted
-
-    def _slice_id(self, ref: SliceRef) -> tuple:
-        return (ref.axis, ref.index, self.mapping.key)
+        return choose_crop(box, self.slice_shape(ref.axis), self._input_size(), self.roi_policy)
 
     def crop_image(self, ref: SliceRef, crop: Crop) -> np.ndarray:
         """The ROI as the model sees it: uint8 under the slice's own intensity mapping (the
@@ -273,12 +255,7 @@ class SegmentationSession:
                 self.roi_encoder_calls += 1
                 return self.model.embed(image)
 
-        embedding = self.cache.get_or_compute(self.crop_key(ref, crop), compute)
-        with self._crops_lock:
-            crops = self._crops.setdefault(self._slice_id(ref), [])
-            if crop not in crops:
-                crops.append(crop)
-        return embedding
+        return self.cache.get_or_compute(self.crop_key(ref, crop), compute)
 
     def predict_in_crop(self, ref: SliceRef, crop: Crop, *, box: Box | None = None,
                         points: Sequence[Click] | None = None) -> Prediction:

@@ -49,7 +49,7 @@ class StudyRoiPolicy:
     upsample: float = 4.0
     context: float = 1.25
     combine: str = "mean"
-    reuse_margin: float = 0.1
+    grid: float = 0.125  # the product's ROI placement since 2026-12-06 (was reuse_margin)
     intensity: str = "slice"
     percentiles: tuple[float, float] = (0.5, 99.5)
     weak_logit: float | None = -3.0
@@ -80,6 +80,9 @@ class StudyRoiPolicy:
 
     def canvas(self, input_size: int) -> int:
         return max(2, int(round(input_size / self.upsample)))
+
+    def grid_step(self, input_size: int) -> int:
+        return max(1, int(round(self.grid * self.canvas(input_size))))
 
 
 def combine_predictions(plain, roi, mode: str = "mean"):
