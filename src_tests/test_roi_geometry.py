@@ -53,7 +53,7 @@ def test_canvas_image_pads_with_the_lowest_grey_value():
     assert square.canvas_image(full) is full
 
 
-def test_choose_crop_is_a_fixed_roi_centred_on_small_boxes():
+def test_choose_crop_is_a_fixed_roi_on_a_grid_around_small_boxes():
     policy = RoiPolicy(upsample=4.0, context=1.25)  # ROI: 256 / 4 = 64 native pixels
     shape = (512, 512)
     crop = choose_crop((100, 200, 139, 219), shape, 256, policy)  # 40 x 20 box

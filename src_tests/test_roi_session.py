@@ -110,7 +110,7 @@ def test_a_box_gets_the_same_mask_whatever_was_segmented_before(litemedsam):
     first = _session(litemedsam, volume, "auto")
     masks = [first.predict_prompts(ref, [box]) for box in boxes]
     later = _session(litemedsam, volume, "auto", cache=None)
-    for box, mask in zip(reversed(boxes), reversed(masks)):
+    for box, mask in zip(reversed(boxes), reversed(masks), strict=True):
         np.testing.assert_array_equal(later.predict_prompts(ref, [box]), mask)
     assert first.roi_encoder_calls == later.roi_encoder_calls >= 2
 

@@ -249,9 +249,8 @@ def choose_crop(box: Sequence[float], shape: tuple[int, int], input_size: int,
     of the policy's grids (:meth:`RoiPolicy.grid_steps`): the coarsest whose most central
     ROI leaves the box ``margin`` free around it, else the finest: a function of the box
     alone. Where the slice is smaller than the ROI, the ROI is cut to the slice (and padded
-    on the canvas). None when the box is too large for
-    it (``context``), or when the ROI would be exactly the whole slice at the whole slice's
-    own scale.
+    on the canvas). None when the box is too large for it (``context``), or when the ROI
+    would be exactly the whole slice at the whole slice's own scale.
 
     Parameters
     ----------
