@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from napari_medsam.io.intensity import IntensityMapping  # noqa: E402
-from napari_medsam.segmentation.roi import is_fixed_window  # noqa: E402
+from napari_medsam.segmentation.roi import RoiPolicy, is_fixed_window  # noqa: E402
 
 COMBINE_MODES = ("iou", "mean", "roi")
 CLICK_MODES = ("off", "search", "box", "refit")
@@ -49,7 +49,9 @@ class StudyRoiPolicy:
     upsample: float = 4.0
     context: float = 1.25
     combine: str = "mean"
-    grid: float = 0.125  # the product's ROI placement since 2026-12-06 (was reuse_margin)
+    # the product's region placement since 2026-12-06 (was reuse_margin): see RoiPolicy
+    grids: tuple[float, ...] = (0.5, 0.125)
+    margin: float = 0.1
     intensity: str = "slice"
     percentiles: tuple[float, float] = (0.5, 99.5)
     weak_logit: float | None = -3.0
@@ -81,8 +83,7 @@ class StudyRoiPolicy:
     def canvas(self, input_size: int) -> int:
         return max(2, int(round(input_size / self.upsample)))
 
-    def grid_step(self, input_size: int) -> int:
-        return max(1, int(round(self.grid * self.canvas(input_size))))
+    grid_steps = RoiPolicy.grid_steps
 
 
 def combine_predictions(plain, roi, mode: str = "mean"):
@@ -153,6 +154,11 @@ def check() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad} was accepted")
+    from napari_medsam.segmentation.roi import choose_crop
+
+    for box in ((100, 200, 139, 219), (100, 200, 149, 219), (0, 500, 19, 511)):
+        assert choose_crop(box, (512, 512), 256, StudyRoiPolicy()) \
+            == choose_crop(box, (512, 512), 256, RoiPolicy()), box
     print("ok: study variants behave as measured")
 
 
