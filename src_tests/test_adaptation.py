@@ -57,14 +57,16 @@ def adapted(few_slices, litemedsam):
 def test_examples_are_what_inference_sees(few_slices, litemedsam):
     session = _session(litemedsam, few_slices)
     bank = EmbeddingBank()
-    examples = collect_examples(session, few_slices.labels, [2], 0, bank)
+    labels = few_slices.labels.copy()
+    labels[np.flatnonzero(labels.any(axis=(1, 2)))[5:]] = 0  # five slices are enough here
+    examples = collect_examples(session, labels, [2], 0, bank)
     slices = [e for e in examples if e.view == "slice"]
     rois = [e for e in examples if e.view == "roi"]
-    assert len(slices) == 15 and rois  # small MR objects are also seen zoomed
+    assert len(slices) == 5 and rois  # small MR objects are also seen zoomed
     first = slices[0]
     ref = SliceRef(0, first.index)
     assert np.array_equal(bank.get(first.key), session.embedding(ref).features.astype(np.float16))
-    assert np.array_equal(first.mask, few_slices.labels[first.index] == 2)
+    assert np.array_equal(first.mask, labels[first.index] == 2)
     assert np.array_equal(first.target, low_res_target(first.mask, 256, 256))
     roi = rois[0]
     assert roi.size[0] == roi.size[1] > max(first.size)  # the ROI's canvas, seen at 4x
