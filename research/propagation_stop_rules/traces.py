@@ -49,7 +49,9 @@ def _centre(mask: np.ndarray) -> np.ndarray:
     return np.array(np.nonzero(mask)).mean(axis=1)
 
 
-def trace(session, obj: np.ndarray, anchor: np.ndarray, z: int) -> dict:
+def trace(session, obj: np.ndarray, anchor: np.ndarray, z: int, hook=None) -> dict:
+    """One structure's trace; ``hook(row, index, mask, previous_index, previous_mask)``,
+    when given, may add to each slice's row (``identity.py``)."""
     zs = np.flatnonzero(obj.any(axis=(1, 2)))
     img0 = session.slice_image(SliceRef(0, z)).astype(np.float64)
     mean0, std0, ring0 = _stats(img0, anchor)
@@ -72,6 +74,8 @@ def trace(session, obj: np.ndarray, anchor: np.ndarray, z: int) -> dict:
                            overlap=float((mask & near).sum() / mask.sum()),
                            shift=float(np.linalg.norm(_centre(mask) - _centre(prev)) / radii),
                            prev_area=int(prev.sum()))
+            if hook is not None:
+                hook(row, int(index), mask, int(index - direction), prev)
             rows.append(row)
             prev, index = mask, index + direction
         out["up" if direction > 0 else "down"] = rows

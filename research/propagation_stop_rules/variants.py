@@ -71,6 +71,8 @@ class Variant:
 
 VARIANTS = {
     "product": Variant(PropagationParams(), note="the product defaults (check)"),
+    "learned": Variant(PropagationParams(), note="the product defaults plus the learned stop "
+                       "model (learned_runs.py; --stop-model, default stop_model.json)"),
     "m0": Variant(PropagationParams(margin=0.0, refit=False),
                   note="naive's step (no margin, no refit), the product's rules"),
     "m0_vj": Variant(PropagationParams(margin=0.0, refit=False, stop=StopRules(
@@ -243,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", default="losers,ct5,mri5")
     parser.add_argument("--table", action="store_true", help="print the summary only")
     parser.add_argument("--only", help="only structures whose key starts with this (a scan)")
+    parser.add_argument("--stop-model", type=Path,
+                        help="variant learned: the weights (default stop_model.json; "
+                        "learned_stop.py --write ... --leave-out SCAN fits others)")
     parser.add_argument("--out", type=Path, nargs="*",
                         help="result files (default results_variant_<name>.json); with several, "
                         "rows are written to the first and all are read for the summary")
@@ -255,7 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         done = merge(*(json.loads(p.read_text()) for p in paths[1:] if p.exists()))
         todo = [k for k in keys if (not args.only or k.startswith(args.only)) and k not in done]
-        run(args.variant, todo, base, paths[0])
+        if args.variant == "learned":
+            from learned_runs import use_stop_model
+            from stop_model import DEFAULT_PATH, StopModel
+
+            path = args.stop_model or DEFAULT_PATH
+            with use_stop_model(StopModel.from_json(json.loads(path.read_text()))):
+                run(args.variant, todo, base, paths[0])
+        else:
+            run(args.variant, todo, base, paths[0])
     summary(args.variant, keys, base, paths)
     return 0
 
