@@ -29,14 +29,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import study  # noqa: E402
 import traces  # noqa: E402
 from oracle import oracle, product_rules, stored  # noqa: E402
 from simulate import replay  # noqa: E402
 
 from napari_medsam.segmentation import SliceRef  # noqa: E402
-
-logger = logging.getLogger("identity")
 
 
 def pooled(session, index: int, mask: np.ndarray) -> np.ndarray | None:
@@ -78,32 +75,7 @@ class Hook:
 
 
 def trace_all(args) -> None:
-    from napari_medsam.engine import load_model
-
-    out = json.loads(args.json.read_text()) if args.json.exists() else {}
-    model = load_model("litemedsam", device="cpu", threads=1)
-    for tag, case, image, label in study.CASES:
-        if args.only and args.only not in tag:
-            continue
-        volume, labels, names = study.load_scan(case, image, label)
-        spacing = tuple(float(s) for s in volume.spacing[::-1])
-        session = None
-        for lab in (int(v) for v in np.unique(labels) if v):
-            obj = labels == lab
-            key = f"{tag}:{lab}"
-            if key in out or int(obj.any(axis=(1, 2)).sum()) < args.min_slices:
-                continue
-            session = session or study.scan_session(model, volume)
-            z, anchor = study.anchor_of(session, obj)
-            row = dict(case=tag, label=lab, name=names.get(lab, str(lab)),
-                       **study.shape_features(obj, spacing))
-            if anchor.any():
-                row.update(traces.trace(session, obj, anchor, z,
-                                        hook=Hook(session, z, anchor)))
-            out[key] = row
-            args.json.write_text(json.dumps(out))
-            logger.info("%s %s: %d + %d slices", key, row["name"], len(row.get("up", [])),
-                        len(row.get("down", [])))
+    traces.trace_scans(args.json, args.only, args.min_slices, hook=Hook)
 
 
 def identity_rule(threshold: float, against: str = "sim_anchor"):

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ import study  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.segmentation import SliceRef  # noqa: E402
-from napari_medsam.segmentation.propagation_steps import grow_box, segment_from  # noqa: E402
+from napari_medsam.segmentation.propagation_steps import segment_from  # noqa: E402
 
 logger = logging.getLogger("traces")
 
@@ -82,6 +83,37 @@ def trace(session, obj: np.ndarray, anchor: np.ndarray, z: int, hook=None) -> di
     return out
 
 
+def trace_scans(path: Path, only: str | None = None, min_slices: int = 10,
+                hook: Callable | None = None) -> None:
+    """Trace every structure of >= ``min_slices`` slices of the study's scans (those whose
+    tag contains ``only``) into ``path``, skipping those already there; ``hook(session, z,
+    anchor)``, when given, makes the per-slice hook of :func:`trace` for one structure."""
+    out = json.loads(path.read_text()) if path.exists() else {}
+    model = load_model("litemedsam", device="cpu", threads=1)
+    for tag, case, image, label in study.CASES:
+        if only and only not in tag:
+            continue
+        volume, labels, names = study.load_scan(case, image, label)
+        spacing = tuple(float(s) for s in volume.spacing[::-1])
+        session = None
+        for lab in (int(v) for v in np.unique(labels) if v):
+            obj = labels == lab
+            key = f"{tag}:{lab}"
+            if key in out or int(obj.any(axis=(1, 2)).sum()) < min_slices:
+                continue
+            session = session or study.scan_session(model, volume)
+            z, anchor = study.anchor_of(session, obj)
+            row = dict(case=tag, label=lab, name=names.get(lab, str(lab)),
+                       **study.shape_features(obj, spacing))
+            if anchor.any():
+                row.update(trace(session, obj, anchor, z,
+                                 hook=None if hook is None else hook(session, z, anchor)))
+            out[key] = row
+            path.write_text(json.dumps(out))
+            logger.info("%s %s: %d + %d slices", key, row["name"], len(row.get("up", [])),
+                        len(row.get("down", [])))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
@@ -90,33 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
-    out = json.loads(args.json.read_text()) if args.json.exists() else {}
-    model = load_model("litemedsam", device="cpu", threads=1)
-    for tag, case, image, label in study.CASES:
-        if args.only and args.only not in tag:
-            continue
-        volume, labels, names = study.load_scan(case, image, label)
-        spacing = tuple(float(s) for s in volume.spacing[::-1])
-        session = None
-        for lab in (int(v) for v in np.unique(labels) if v):
-            obj = labels == lab
-            key = f"{tag}:{lab}"
-            if key in out or int(obj.any(axis=(1, 2)).sum()) < args.min_slices:
-                continue
-            session = session or study.scan_session(model, volume)
-            z = int(np.argmax(obj.sum(axis=(1, 2))))
-            ys, xs = np.nonzero(obj[z])
-            box = grow_box((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), 0.0,
-                           obj.shape[1:])
-            anchor = np.asarray(session.predict_prompts(SliceRef(0, z), [box]), dtype=bool)
-            row = dict(case=tag, label=lab, name=names.get(lab, str(lab)),
-                       **study.shape_features(obj, spacing))
-            if anchor.any():
-                row.update(trace(session, obj, anchor, z))
-            out[key] = row
-            args.json.write_text(json.dumps(out))
-            logger.info("%s %s: %d + %d slices", key, row["name"], len(row.get("up", [])),
-                        len(row.get("down", [])))
+    trace_scans(args.json, args.only, args.min_slices)
     return 0
 
 
