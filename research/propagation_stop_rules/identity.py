@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 import traces  # noqa: E402
 from oracle import oracle, product_rules, stored  # noqa: E402
-from simulate import replay  # noqa: E402
+from simulate import print_per_structure, replay  # noqa: E402
 
 from napari_medsam.segmentation import SliceRef  # noqa: E402
 
@@ -113,11 +113,7 @@ def replay_all(args) -> None:
         print(f"| {name} | {values.mean():.3f} | {values.mean() - naive.mean():+.3f} | "
               f"{int((values < naive - 0.05).sum())} |")
     if args.per_structure:
-        names = list(columns)
-        print("| structure | naive | " + " | ".join(names) + " |")
-        for i, k in enumerate(keys):
-            print(f"| {k} {items[k]['name']} | {naive[i]:.3f} | "
-                  + " | ".join(f"{columns[n][i]:.3f}" for n in names) + " |")
+        print_per_structure(items, keys, naive, columns)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from oracle import oracle, product_rules, stored  # noqa: E402
-from simulate import replay  # noqa: E402
+from simulate import print_per_structure, replay  # noqa: E402
 from stop_model import FEATURES, SliceSignals  # noqa: E402
 
 #: The five CT organs of benchmarks/propagation_eval.py (CT abdomen-pelvis labels).
@@ -196,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print("weights (all scans, standardised):",
           dict(zip(("bias", *FEATURES), np.round(every.beta, 2).tolist(), strict=True)))
     if args.per_structure:
-        names = list(columns)
-        print("| structure | naive | " + " | ".join(names) + " |")
-        for i, k in enumerate(keys):
-            print(f"| {k} {items[k]['name']} | {naive[i]:.3f} | "
-                  + " | ".join(f"{columns[n][i]:.3f}" for n in names) + " |")
+        print_per_structure(items, keys, naive, columns)
     return 0
 
 

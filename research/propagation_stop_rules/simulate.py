@@ -52,6 +52,15 @@ def replay(item: dict, miss: Rule, patience: int = 1) -> float:
     return 2.0 * inter / (area + item["ref_total"])
 
 
+def print_per_structure(items: dict, keys: list[str], naive, columns: dict) -> None:
+    """A markdown table: one row per structure, naive and each column's 3D Dice."""
+    names = list(columns)
+    print("| structure | naive | " + " | ".join(names) + " |")
+    for i, k in enumerate(keys):
+        print(f"| {k} {items[k]['name']} | {naive[i]:.3f} | "
+              + " | ".join(f"{columns[n][i]:.3f}" for n in names) + " |")
+
+
 def naive_like(row, anchor, largest):
     return row["area"] == 0
 
