@@ -17,7 +17,9 @@ from napari_medsam.segmentation import SliceRef
 from napari_medsam.segmentation.annotation_edits import (
     CONTINUABLE,
     PendingSlices,
+    cut_pending,
     pending_change,
+    slices_pending,
     stop_text,
 )
 from napari_medsam.segmentation.annotation_jobs import (
@@ -113,6 +115,29 @@ def test_the_slices_range_bounds_a_propagation(ct_crop):
                              "Towards higher slices went to 8 (end of range).")
 
 
+def test_cut_drops_the_slice_and_everything_beyond_it_away_from_the_anchors():
+    full = np.ones((4, 4), bool)
+    masks = {i: full for i in (3, 4, 6, 7, 8, 9)}  # anchors on 5 and 10 are not pending
+    stops = (DirectionStop(-1, 2, StopReason.EMPTY, 3), DirectionStop(+1, 12, StopReason.AREA, 11))
+    masks[11] = full
+    pending = slices_pending(LIVER, 0, masks, stops)
+    up = cut_pending(pending, 11, anchors={5, 10})
+    assert sorted(up.masks) == [3, 4, 6, 7, 8, 9]
+    assert set(up.stops) == {stops[0], DirectionStop(+1, 11, StopReason.CUT, 10)}
+    down = cut_pending(pending, 4, anchors={5, 10})
+    assert sorted(down.masks) == [6, 7, 8, 9, 11]
+    assert set(down.stops) == {DirectionStop(-1, 4, StopReason.CUT, 5), stops[1]}
+    assert stop_text(DirectionStop(-1, 4, StopReason.CUT, 5)) == (
+        "towards lower slices stopped at 4 (cut by you)")
+    assert StopReason.CUT not in CONTINUABLE  # the user said the object ends there
+    for index, words in ((10, "one of your accepted slices"), (7, "between your accepted"),
+                         (13, "no slice of the preview")):
+        with pytest.raises(ValueError, match=words):
+            cut_pending(pending, index, anchors={5, 10})
+    with pytest.raises(ValueError, match="applies to a propagation"):
+        cut_pending(slices_pending(LIVER, 0, masks), 11, anchors={5, 10})  # a 3D box
+
+
 def test_stop_words_name_the_slice_the_reason_and_the_parts():
     end = DirectionStop(+1, 142, StopReason.END, 141,
                         ((130, StopReason.EMPTY), (142, StopReason.END)))
@@ -193,10 +218,29 @@ def test_panel_shows_stops_continues_within_the_range_and_accepts_once(sample_ct
     assert all(preview[i].any() for i in filled)  # the continued slices streamed in too
     assert np.array_equal(target.data, after_2d)  # nothing written before Accept 3D
 
+    # Cut here: the object "ends" on the second slice above the anchor
+    upper = sorted(i for i in filled if i > z)
+    assert len(upper) >= 2 and panel.cut_button.isEnabled()
+    viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+    panel.cut_here()  # on the accepted slice: refused
+    assert "one of your accepted slices" in warnings[-1] and panel.pending is more
+    cut_at = upper[1]
+    viewer.dims.set_point(0, layer.data_to_world((cut_at, 0, 0))[0])
+    panel.cut_here()
+    cut = panel.pending
+    kept = {i for i, m in cut.masks.items() if m.any()}
+    assert kept == {i for i in filled if i < cut_at}
+    assert set(cut.stops) == {DirectionStop(+1, cut_at, StopReason.CUT, cut_at - 1),
+                              DirectionStop(-1, first - 1, StopReason.END, first)}
+    assert f"Towards higher slices stopped at {cut_at} (cut by you)." in panel.info.text()
+    assert not any(preview[i].any() for i in filled - kept)  # gone from the preview
+    assert all(preview[i].any() for i in kept)
+    filled = kept
+
     assert panel.accept() > 0
-    assert panel.stops_view.rows == []
+    assert panel.stops_view.rows == [] and not panel.cut_button.isEnabled()
     written = {int(i) for i in np.flatnonzero((target.data == more.label).any(axis=(1, 2)))}
-    assert filled | {z} <= written
+    assert written == filled | {z}
     target.undo()  # one step takes the propagation and its continuation back
     assert np.array_equal(target.data, after_2d)
 

@@ -6,7 +6,8 @@ preview layer as they are done, Cancel stops between slices (what was done stays
 preview), and Accept writes the whole result into the labels as one undoable edit. Nothing
 touches the labels before Accept. After a propagation the info label says where and why each
 direction stopped, and :class:`~napari_medsam._qt.stops_view.StopsView` offers *Go to* and
-*Continue past* for each stop (continued slices join the same pending result); with *Only
+*Continue past* for each stop (continued slices join the same pending result); *Cut here*
+drops the displayed slice and the preview beyond it (the object ends there); with *Only
 within Slices* on, Propagate and Continue stay in the *Slices* range. With *Learn from
 accepted slices* on (and the export extra installed), Propagate first adapts the decoder to
 the object's accepted slices (:mod:`napari_medsam.adaptation.within_scan`) and uses it between
@@ -53,6 +54,7 @@ from napari_medsam.segmentation.annotation_edits import (
     Pending3D,
     PendingRefine,
     PendingSlices,
+    cut_pending,
     refine_diff,
 )
 from napari_medsam.segmentation.annotation_jobs import (
@@ -152,6 +154,12 @@ class VolumePanel(QGroupBox):
         self.accept_button.clicked.connect(self.accept)
         self.reject_button = QPushButton("Reject")
         self.reject_button.clicked.connect(self.reject)
+        self.cut_button = QPushButton("Cut here")
+        self.cut_button.setToolTip(
+            "The object ends on the displayed slice: drop it and every preview slice beyond "
+            "it, away from your accepted slices (for a run that walked into a look-alike "
+            "neighbour: the next vertebra, the next rib)")
+        self.cut_button.clicked.connect(self.cut_here)
         self.progress = QProgressBar()
         self.progress_changed.connect(self._show_progress)
         self.progress.setTextVisible(True)
@@ -173,10 +181,11 @@ class VolumePanel(QGroupBox):
         grid.addWidget(self.box_button, 4, 0)
         grid.addWidget(self.accept_button, 4, 1)
         grid.addWidget(self.reject_button, 4, 2)
-        grid.addWidget(self.progress, 5, 0, 1, 2)
-        grid.addWidget(self.cancel_button, 5, 2)
-        grid.addWidget(self.info, 6, 0, 1, 3)
-        grid.addWidget(self.stops_view, 7, 0, 1, 3)
+        grid.addWidget(self.cut_button, 5, 2)
+        grid.addWidget(self.progress, 6, 0, 1, 2)
+        grid.addWidget(self.cancel_button, 6, 2)
+        grid.addWidget(self.info, 7, 0, 1, 3)
+        grid.addWidget(self.stops_view, 8, 0, 1, 3)
         self._set_running(False)
 
     # ------------------------------------------------------------------ state
@@ -197,6 +206,8 @@ class VolumePanel(QGroupBox):
         self.accept_button.setEnabled(not running and self.pending is not None)
         self.reject_button.setEnabled(not running and self.pending is not None)
         pending = self.pending
+        self.cut_button.setEnabled(not running and isinstance(pending, PendingSlices)
+                                   and bool(pending.stops))
         self.stops_view.show_stops(pending.stops if isinstance(pending, PendingSlices) else (),
                                    enabled=not running)
 
@@ -347,6 +358,37 @@ class VolumePanel(QGroupBox):
             return
         self._start(partial(continue_job, session, pending, stop, anchors, self._cancel.is_set,
                             stop_at), streams=True, keep=True)
+
+    def cut_here(self) -> None:
+        """The object ends on the displayed slice: drop it and the pending propagation's
+        slices beyond it (away from the object's anchors)."""
+        pending = self.pending
+        ref = current_slice(self.viewer, self.annotation.image)
+        if self.running or not isinstance(pending, PendingSlices) or ref is None:
+            show_warning("MedSAM: nothing to cut (propagate first, and wait for it)")
+            return
+        if ref.axis != pending.axis:
+            show_warning(f"MedSAM: show a slice along axis {pending.axis}, the axis of the "
+                         "propagation, to cut it there")
+            return
+        labels = self.annotation.target
+        anchors = ({} if labels is None else
+                   self.annotation.anchor_masks(labels.data, pending.label, ref))
+        try:
+            cut = cut_pending(pending, ref.index, anchors)
+        except ValueError as exc:
+            show_warning(f"MedSAM: {exc}")
+            return
+        preview = self._preview()
+        key = [slice(None)] * preview.data.ndim
+        for index in set(pending.masks) - set(cut.masks):
+            key[pending.axis] = index
+            preview.data[tuple(key)] = 0
+        preview.refresh()
+        self.annotation.pending = cut
+        self.info.setText("\n".join(cut.lines))
+        self._set_running(False)
+        self.status.emit(cut.summary + " Accept 3D or Reject.")
 
     def go_to(self, index: int) -> None:
         """Show slice ``index`` along the pending result's axis."""

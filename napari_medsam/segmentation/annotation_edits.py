@@ -3,7 +3,8 @@
 The pending 3D result (:class:`PendingSlices` from propagation or a 3D box,
 :class:`PendingRefine` from *Refine* or *Fill gaps*), the change an accept makes
 (:class:`LabelChange`: which voxels go from what to what), the assembly of a 3D edit from a
-pending result, the words for where a propagation stopped (:func:`stop_text`), the anchor
+pending result, cutting a propagation where the user says the object ends
+(:func:`cut_pending`), the words for where a propagation stopped (:func:`stop_text`), the anchor
 masks propagation starts from, and small helpers the views show (voxels per object, object
 names, the intensity mapping of a display range, the displayed slice).
 """
@@ -11,7 +12,7 @@ names, the intensity mapping of a display range, the displayed slice).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from .bulk import RefineResult
 
 __all__ = ["ADDED", "CONTINUABLE", "KEPT", "REMOVED", "LabelChange", "Pending3D", "PendingKind",
-           "PendingRefine", "PendingSlices", "anchor_masks", "displayed_slice",
+           "PendingRefine", "PendingSlices", "anchor_masks", "cut_pending", "displayed_slice",
            "label_counts", "label_name", "mapping_for_limits", "next_label", "pending_change",
            "preview_change", "refine_diff", "refine_pending", "slices_pending", "stop_text"]
 
@@ -91,6 +92,48 @@ def stop_text(stop: DirectionStop) -> str:
         text += " [parts stopped at " + ", ".join(f"{index} ({reason})"
                                                   for index, reason in stop.parts) + "]"
     return text
+
+
+def cut_pending(pending: PendingSlices, index: int, anchors: Collection[int]
+                ) -> PendingSlices:
+    """``pending`` without slice ``index`` and every slice beyond it, away from the anchors:
+    the user says the object ends there (a run that walked into a look-alike neighbour).
+    That direction's stop becomes :attr:`StopReason.CUT` at ``index``.
+
+    Parameters
+    ----------
+    pending
+        A propagation's pending result (it has stops).
+    index
+        The first slice without the object.
+    anchors
+        The object's anchor slices along ``pending.axis`` (never cut).
+
+    Raises
+    ------
+    ValueError
+        ``pending`` is no propagation, ``index`` is an anchor or lies between anchors, or no
+        slice of the preview lies at or beyond it.
+    """
+    anchors = sorted(int(a) for a in anchors)
+    if not pending.stops or not anchors:
+        raise ValueError("Cut here applies to a propagation from accepted slices")
+    if index in anchors:
+        raise ValueError(f"slice {index} is one of your accepted slices of object "
+                         f"{pending.label}; go to the first slice past the object's end")
+    if anchors[0] < index < anchors[-1]:
+        raise ValueError(f"slice {index} lies between your accepted slices {anchors[0]} and "
+                         f"{anchors[-1]}; correct it there instead (a box and Accept, or the "
+                         "brush)")
+    direction = 1 if index > anchors[-1] else -1
+    cut = {i for i, m in pending.masks.items() if (i - index) * direction >= 0 and m.any()}
+    if not cut:
+        raise ValueError(f"no slice of the preview lies at or beyond slice {index}")
+    masks = {i: m for i, m in pending.masks.items() if (i - index) * direction < 0}
+    stops = [s for s in pending.stops if s.direction != direction]
+    stops.append(DirectionStop(direction, int(index), StopReason.CUT,
+                               int(index - direction)))
+    return slices_pending(pending.label, pending.axis, masks, stops)
 
 
 def slices_pending(label: int, axis: int, masks: Mapping[int, np.ndarray],

@@ -40,6 +40,8 @@ class StopReason(str, enum.Enum):
     BARRIER = "empty anchor"
     #: The run was cancelled.
     CANCELLED = "cancelled"
+    #: The user cut the pending result there (*Cut here*: the object ends on that slice).
+    CUT = "cut by you"
 
     def __str__(self) -> str:
         return self.value
