@@ -1,6 +1,7 @@
-"""Where a propagation stopped, Continue past a stop and the Slices range (issue 18), on the
-upper-abdomen CT crop and the sample CT: the Qt-free jobs and pending result, then the 3D
-panel (stop lines, Go to, Continue, Only within Slices, Accept 3D as one undo step).
+"""Where a propagation stopped, Continue past a stop, Cut here and the Slices range (issue
+18), on the upper-abdomen CT crop and the sample CT: the Qt-free jobs and pending result, then
+the 3D panel (stop lines, Go to, Continue, Cut here, Only within Slices, Accept 3D as one undo
+step).
 
 The left kidney accepted on crop slice 3 (scan slice 101) stops towards lower slices after
 one slice by the area rule although the kidney goes on (measured: the next slices hold it):
