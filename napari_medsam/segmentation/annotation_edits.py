@@ -44,7 +44,7 @@ class PendingKind(enum.Enum):
 
 
 #: Stops a run can be continued past: those made by a stop rule (not the range's end, an
-#: empty anchor or a cancel).
+#: empty anchor, a cancel or the user's cut).
 CONTINUABLE = frozenset({StopReason.EMPTY, StopReason.JUMP, StopReason.INTENSITY,
                          StopReason.AREA})
 
