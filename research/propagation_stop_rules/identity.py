@@ -10,7 +10,7 @@ and its cosine similarity to the anchor's (``sim_anchor``) and to the previous s
 (``sim_prev``). Then it replays stop rules on those signals beside the oracle cut.
 
     NAPARI_MEDSAM_CACHE=/tmp/prop-cache OMP_NUM_THREADS=1 python \\
-        research/propagation_stop_rules/identity.py trace --only ct_abdomen_pelvis \\
+        research/propagation_stop_rules/identity.py trace \\
         --json research/propagation_stop_rules/traces_identity.json
     python research/propagation_stop_rules/identity.py replay \\
         --json research/propagation_stop_rules/traces_identity.json
@@ -61,7 +61,7 @@ def cosine(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
 
 
 class Hook:
-    """Collects the pooled embedding of every traced slice (``traces.trace``'s callback)."""
+    """Adds the two similarities to each traced slice's row (``traces.trace``'s hook)."""
 
     def __init__(self, session, z: int, anchor: np.ndarray) -> None:
         self.session = session
