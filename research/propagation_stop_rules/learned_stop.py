@@ -41,7 +41,7 @@ CT5 = ("ct_abdomen_pelvis:1", "ct_abdomen_pelvis:2", "ct_abdomen_pelvis:3",
 
 
 def features(row: dict, anchor: dict, largest: float) -> np.ndarray | None:
-    """The product's inputs for one traced slice (None for an empty mask: always a miss)."""
+    """The stop model's inputs for one traced slice (None for an empty mask: a miss)."""
     if row["area"] == 0:
         return None
     signals = SliceSignals(row["area"], row["prev_area"], int(largest), row["mean"],
