@@ -41,9 +41,7 @@ def vit_checkpoint(tmp_path_factory):
 
 
 def test_vit_b_checkpoint_exports_and_runs(vit_checkpoint, model_cache):
-    # exported as a user does it, by the CLI in its own process: inside the long test
-    # process (after some 300 other tests) the same export and checks took 71-107 s, against
-    # 46 s in a fresh one
+    # exported as a user does it: napari-medsam export-model, in its own process
     done = subprocess.run(
         [sys.executable, "-m", "napari_medsam.cli", "export-model", "--name", "my-medsam-vitb",
          "--checkpoint", str(vit_checkpoint), "--arch", "vit_b", "--preprocess", "medsam"],
