@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -66,11 +67,20 @@ class Variant:
     #: (fraction, plus, floor): box margin max(floor, round(fraction x extent) + plus) px per
     #: side instead of the product's round(margin x extent) + 1 (None: the product's)
     pixels: tuple[float, int, int] | None = None
+    #: the tight retry (``tight_runs.py``): the Dice a retried mask needs (0: none), and at
+    #: most this many retried slices in a row
+    retry: float = 0.0
+    retry_limit: float = 2
     note: str = ""
 
 
 VARIANTS = {
     "product": Variant(PropagationParams(), note="the product defaults (check)"),
+    "retry": Variant(PropagationParams(), retry=0.5, retry_limit=INF,
+                     note="a rejected slice retried with the tight box of the last mask, kept "
+                     "when Dice >= 0.5 with it, any number of slices in a row"),
+    "retry2": Variant(PropagationParams(), retry=0.5, retry_limit=2,
+                      note="as retry, at most 2 retried slices in a row"),
     "learned": Variant(PropagationParams(), note="the product defaults plus the learned stop "
                        "model (learned_runs.py; --stop-model, default stop_model.json)"),
     "m0": Variant(PropagationParams(margin=0.0, refit=False),
@@ -151,15 +161,21 @@ def propagate(session, z: int, anchor: np.ndarray, variant: Variant
     out[z] = anchor
     parts = anchor_parts(anchor) if params.split_parts else [anchor]
     stops = []
-    for direction, limit in ((+1, out.shape[0] - 1), (-1, 0)):
-        run = Run(segment, session.slice_image, 0, z, parts, direction, limit, params.stop)
-        if not run.active:
-            run.end_at_once()
-        while run.active:
-            for r in run.step():
-                out[r.index] = r.mask
-                if r.stopped:
-                    stops.append([int(r.index), str(r.stopped)])
+    retry = contextlib.nullcontext()
+    if variant.retry > 0:
+        from tight_runs import use_tight_retry
+
+        retry = use_tight_retry(session, variant.retry, variant.retry_limit)
+    with retry:
+        for direction, limit in ((+1, out.shape[0] - 1), (-1, 0)):
+            run = Run(segment, session.slice_image, 0, z, parts, direction, limit, params.stop)
+            if not run.active:
+                run.end_at_once()
+            while run.active:
+                for r in run.step():
+                    out[r.index] = r.mask
+                    if r.stopped:
+                        stops.append([int(r.index), str(r.stopped)])
     return out, stops
 
 
