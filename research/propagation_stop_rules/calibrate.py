@@ -67,24 +67,20 @@ def fixed_point(session, z: int, anchor: np.ndarray, margin: float, rounds: int
 def measure(keys: list[str], rounds: int) -> None:
     out = json.loads(OUT.read_text()) if OUT.exists() else {}
     model = load_model("litemedsam", device="cpu", threads=1)
-    for tag, case, image, label in study.CASES:
-        todo = [k for k in keys if k.split(":")[0] == tag and k not in out]
-        if not todo:
-            continue
-        volume, labels, _ = study.load_scan(case, image, label)
+
+    def session_of(model, volume):  # only the anchor slices are encoded
         mapping = auto_mapping(volume.array, volume.modality)
-        session = SegmentationSession(model, volume.array, mapping, zoom="auto",
-                                      disk_cache=True)
-        for key in todo:
-            obj = labels == int(key.split(":")[1])
-            z, anchor = study.anchor_of(session, obj)
-            row = {"z": z, "area": int(anchor.sum())}
-            if anchor.any():
-                row.update({str(m): fixed_point(session, z, anchor, m, rounds)
-                            for m in MARGINS})
-            out[key] = row
-            OUT.write_text(json.dumps(out, indent=1))
-            logger.info("%s %s", key, {m: row.get(str(m), [None])[-1] for m in MARGINS})
+        return SegmentationSession(model, volume.array, mapping, zoom="auto", disk_cache=True)
+
+    for key, session, _, z, anchor in study.each_anchor(model, keys, lambda k: k in out,
+                                                        session_of):
+        row = {"z": z, "area": int(anchor.sum())}
+        if anchor.any():
+            row.update({str(m): fixed_point(session, z, anchor, m, rounds)
+                        for m in MARGINS})
+        out[key] = row
+        OUT.write_text(json.dumps(out, indent=1))
+        logger.info("%s %s", key, {m: row.get(str(m), [None])[-1] for m in MARGINS})
 
 
 def margin_results(base: dict) -> dict[float, dict[str, float]]:

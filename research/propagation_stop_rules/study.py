@@ -157,6 +157,22 @@ def anchor_of(session, obj: np.ndarray) -> tuple[int, np.ndarray]:
     return z, np.asarray(session.predict_prompts(SliceRef(0, z), [box]), dtype=bool)
 
 
+def each_anchor(model, keys: list[str], done=lambda key: False, session_of=None):
+    """(key, session, reference mask, anchor slice, anchor mask) for each structure key
+    ("scan:label") not ``done``, one session per scan (``scan_session`` by default)."""
+    session_of = session_of or scan_session
+    for tag, case, image, label in CASES:
+        todo = [k for k in keys if k.split(":")[0] == tag and not done(k)]
+        if not todo:
+            continue
+        volume, labels, _ = load_scan(case, image, label)
+        session = session_of(model, volume)
+        for key in todo:
+            obj = labels == int(key.split(":")[1])
+            z, anchor = anchor_of(session, obj)
+            yield key, session, obj, z, anchor
+
+
 def evaluate(session, obj: np.ndarray, row: dict, methods: list[str]) -> None:
     z, anchor = anchor_of(session, obj)
     row["anchor_dice"] = dice(anchor, obj[z])

@@ -49,23 +49,18 @@ logger = logging.getLogger("two_tracks")
 def record(keys: list[str], store: Path) -> None:
     store.mkdir(parents=True, exist_ok=True)
     model = load_model("litemedsam", device="cpu", threads=1)
-    for tag, case, image, label in study.CASES:
-        todo = [k for k in keys if k.split(":")[0] == tag
-                and not (store / f"{k.replace(':', '_')}.npz").exists()]
-        if not todo:
-            continue
-        volume, labels, _ = study.load_scan(case, image, label)
-        session = study.scan_session(model, volume)
-        for key in todo:
-            obj = labels == int(key.split(":")[1])
-            z, anchor = study.anchor_of(session, obj)
-            product, stops = variants.propagate(session, z, anchor,
-                                                variants.VARIANTS["product"])
-            tight = study.naive(session, z, anchor) if anchor.any() else product
-            np.savez_compressed(store / f"{key.replace(':', '_')}.npz", z=z, obj=obj,
-                                product=product, naive=tight)
-            logger.info("%s product %.3f naive %.3f %s", key, dice(product, obj),
-                        dice(tight, obj), stops)
+
+    def done(key: str) -> bool:
+        return (store / f"{key.replace(':', '_')}.npz").exists()
+
+    for key, session, obj, z, anchor in study.each_anchor(model, keys, done):
+        product, stops = variants.propagate(session, z, anchor,
+                                            variants.VARIANTS["product"])
+        tight = study.naive(session, z, anchor) if anchor.any() else product
+        np.savez_compressed(store / f"{key.replace(':', '_')}.npz", z=z, obj=obj,
+                            product=product, naive=tight)
+        logger.info("%s product %.3f naive %.3f %s", key, dice(product, obj),
+                    dice(tight, obj), stops)
 
 
 def _extent(vol: np.ndarray, z: int, direction: int) -> int:

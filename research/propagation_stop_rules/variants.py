@@ -200,26 +200,18 @@ def run(name: str, keys: list[str], base: dict, path: Path) -> None:
     variant = VARIANTS[name]
     out = json.loads(path.read_text()) if path.exists() else {}
     model = load_model("litemedsam", device="cpu", threads=1)
-    for tag, case, image, label in study.CASES:
-        todo = [k for k in keys if k.split(":")[0] == tag and k not in out]
-        if not todo:
-            continue
-        volume, labels, names = study.load_scan(case, image, label)
-        session = study.scan_session(model, volume)
-        for key in todo:
-            obj = labels == int(key.split(":")[1])
-            z, anchor = study.anchor_of(session, obj)
-            t0 = time.perf_counter()
-            vol, stops = propagate(session, z, anchor, variant)
-            row = {k: base.get(key, {}).get(k) for k in ("case", "name", "group", "slices")}
-            row.update(dice=dice(vol, obj), stops=stops, anchor_dice=dice(anchor, obj[z]),
-                       seconds=round(time.perf_counter() - t0, 2))
-            out[key] = row
-            path.write_text(json.dumps(out, indent=1))
-            b = base.get(key, {})
-            logger.info("%s %-24s %s %.3f  naive %.3f new %.3f  %s", name, key,
-                        row["name"], row["dice"], b.get("naive", np.nan),
-                        b.get("new", np.nan), stops)
+    for key, session, obj, z, anchor in study.each_anchor(model, keys, lambda k: k in out):
+        t0 = time.perf_counter()
+        vol, stops = propagate(session, z, anchor, variant)
+        row = {k: base.get(key, {}).get(k) for k in ("case", "name", "group", "slices")}
+        row.update(dice=dice(vol, obj), stops=stops, anchor_dice=dice(anchor, obj[z]),
+                   seconds=round(time.perf_counter() - t0, 2))
+        out[key] = row
+        path.write_text(json.dumps(out, indent=1))
+        b = base.get(key, {})
+        logger.info("%s %-24s %s %.3f  naive %.3f new %.3f  %s", name, key,
+                    row["name"], row["dice"], b.get("naive", np.nan),
+                    b.get("new", np.nan), stops)
 
 
 def summary(name: str, keys: list[str], base: dict, paths: list[Path]) -> None:
