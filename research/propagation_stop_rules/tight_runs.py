@@ -7,7 +7,8 @@ margin (one prediction); that mask is kept when it is not a speck and overlaps t
 accepted mask with Dice >= ``agreement``, at most ``limit`` slices in a row. Everything
 else (patience, parts, *Continue*'s forced slices) is the product's code. This is what the
 2026-12-07 "tight retry" rows of the README were measured with (``variants.py retry`` and
-``retry2``); it was first written into the product's step and taken out again.
+``retry2``, ``retry2g`` gated); it was first written into the product's step and taken
+out again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from napari_medsam.segmentation import propagation_runs
 from napari_medsam.segmentation.propagation_steps import PropagationParams, segment_from
+from napari_medsam.segmentation.propagation_stops import StopReason
 from napari_medsam.segmentation.session import SliceRef
 
 #: The tight step: the previous mask's own box, one prediction.
@@ -48,7 +50,11 @@ class _RetryRules:
         return self._rules.reason(mask, prev, largest, shift)
 
 
-def _step(original, session, agreement: float, limit: float):
+#: ``gated``: only these rules' misses are retried (the margin box took in a neighbour).
+GATED = (StopReason.INTENSITY, StopReason.AREA)
+
+
+def _step(original, session, agreement: float, limit: float, gated: bool):
     def step(self, segment, ref: SliceRef, rules, force, image):
         chosen: dict = {}
 
@@ -58,7 +64,12 @@ def _step(original, session, agreement: float, limit: float):
             reason = rules.reason(mask, prev, self.largest, shift)
             if reason is None or (force and mask.any()) or getattr(self, "retried", 0) >= limit:
                 return mask, box, iou
+            if gated and reason not in GATED:
+                return mask, box, iou
             retry, used, score = segment_from(session, r, prev, TIGHT)
+            if gated and self.intensity is not None and \
+                    self.intensity.shift(image(r), retry) > rules.max_intensity_shift:
+                return mask, box, iou  # the tight mask is on another tissue too
             if agrees(retry, prev, rules.min_area_fraction * self.largest, agreement):
                 chosen["mask"] = retry
                 return retry, used, score
@@ -73,10 +84,15 @@ def _step(original, session, agreement: float, limit: float):
 
 
 @contextlib.contextmanager
-def use_tight_retry(session, agreement: float = 0.5, limit: float = 2) -> Iterator[None]:
-    """Propagation runs on ``session`` retry rejected slices while the block runs."""
+def use_tight_retry(session, agreement: float = 0.5, limit: float = 2, gated: bool = False
+                    ) -> Iterator[None]:
+    """Propagation runs on ``session`` retry rejected slices while the block runs.
+
+    ``gated``: only slices rejected for their grey values or a sudden growth are retried,
+    and the retried mask must keep the anchor's grey values.
+    """
     original = propagation_runs._Part.step
-    propagation_runs._Part.step = _step(original, session, agreement, limit)
+    propagation_runs._Part.step = _step(original, session, agreement, limit, gated)
     try:
         yield
     finally:

@@ -3,7 +3,8 @@
 Each variant is the product's propagation (:class:`~napari_medsam.segmentation.
 propagation_runs.Run`, :class:`PropagationParams`, :class:`StopRules`) with other values,
 or with another step (``consensus``: the product step, and the no-margin box of the
-previous mask when the two masks disagree). Same anchors and scoring as ``study.py``; the
+previous mask when the two masks disagree), or with a tight retry of the slices its rules
+reject (``retry``, ``retry2``, ``retry2g``: ``tight_runs.py``). Same anchors and scoring as ``study.py``; the
 rows go to ``results_variant_<name>.json`` (3D Dice, where each direction stopped).
 
 Subsets (``--subset``, comma-separated): ``losers`` (the structures where the product's
@@ -71,6 +72,7 @@ class Variant:
     #: most this many retried slices in a row
     retry: float = 0.0
     retry_limit: float = 2
+    retry_gated: bool = False
     note: str = ""
 
 
@@ -81,6 +83,9 @@ VARIANTS = {
                      "when Dice >= 0.5 with it, any number of slices in a row"),
     "retry2": Variant(PropagationParams(), retry=0.5, retry_limit=2,
                       note="as retry, at most 2 retried slices in a row"),
+    "retry2g": Variant(PropagationParams(), retry=0.5, retry_limit=2, retry_gated=True,
+                       note="as retry2, only grey-value and area misses, and the retried "
+                       "mask keeps the anchor's grey values"),
     "learned": Variant(PropagationParams(), note="the product defaults plus the learned stop "
                        "model (learned_runs.py; --stop-model, default stop_model.json)"),
     "m0": Variant(PropagationParams(margin=0.0, refit=False),
@@ -165,7 +170,8 @@ def propagate(session, z: int, anchor: np.ndarray, variant: Variant
     if variant.retry > 0:
         from tight_runs import use_tight_retry
 
-        retry = use_tight_retry(session, variant.retry, variant.retry_limit)
+        retry = use_tight_retry(session, variant.retry, variant.retry_limit,
+                                variant.retry_gated)
     with retry:
         for direction, limit in ((+1, out.shape[0] - 1), (-1, 0)):
             run = Run(segment, session.slice_image, 0, z, parts, direction, limit, params.stop)
