@@ -4,8 +4,9 @@ Each variant is the product's propagation (:class:`~napari_medsam.segmentation.
 propagation_runs.Run`, :class:`PropagationParams`, :class:`StopRules`) with other values,
 or with another step (``consensus``: the product step, and the no-margin box of the
 previous mask when the two masks disagree), or with a tight retry of the slices its rules
-reject (``retry``, ``retry2``, ``retry2g``: ``tight_runs.py``). Same anchors and scoring as ``study.py``; the
-rows go to ``results_variant_<name>.json`` (3D Dice, where each direction stopped).
+reject (``retry``, ``retry2``, ``retry2g``: ``tight_runs.py``). Same anchors and scoring
+as ``study.py``; the rows go to ``results_variant_<name>.json`` (3D Dice, where each
+direction stopped).
 
 Subsets (``--subset``, comma-separated): ``losers`` (the structures where the product's
 ``new`` is > 0.05 below ``naive`` in the merged study results), ``ct5`` (liver, spleen,
