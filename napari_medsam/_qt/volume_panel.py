@@ -281,11 +281,15 @@ class VolumePanel(QGroupBox):
         if isinstance(item, Progress):
             self._show_progress(item.done, item.total)
             return
+        self._paint_preview(item.axis, item.index, item.mask)
+        self._preview().refresh()
+
+    def _paint_preview(self, axis: int, index: int, mask: np.ndarray | bool) -> None:
+        """Slice ``index`` along ``axis`` of the 3D preview shows ``mask`` (no refresh)."""
         preview = self._preview()
-        key = [slice(None)] * 3
-        key[item.axis] = item.index
-        preview.data[tuple(key)] = np.where(item.mask, KEPT, 0).astype(preview.data.dtype)
-        preview.refresh()
+        key = [slice(None)] * preview.data.ndim
+        key[axis] = index
+        preview.data[tuple(key)] = np.where(mask, KEPT, 0).astype(preview.data.dtype)
 
     def _on_returned(self, pending: Pending3D | None) -> None:
         self.annotation.pending = pending
@@ -379,12 +383,9 @@ class VolumePanel(QGroupBox):
         except ValueError as exc:
             show_warning(f"MedSAM: {exc}")
             return
-        preview = self._preview()
-        key = [slice(None)] * preview.data.ndim
         for index in set(pending.masks) - set(cut.masks):
-            key[pending.axis] = index
-            preview.data[tuple(key)] = 0
-        preview.refresh()
+            self._paint_preview(pending.axis, index, False)
+        self._preview().refresh()
         self.annotation.pending = cut
         self.info.setText("\n".join(cut.lines))
         self._set_running(False)
