@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from napari_medsam.evaluation import dice
 from napari_medsam.segmentation import propagation_runs
 from napari_medsam.segmentation.propagation_steps import PropagationParams, segment_from
 from napari_medsam.segmentation.propagation_stops import StopReason
@@ -30,9 +31,7 @@ TIGHT = PropagationParams(margin=0.0, refit=False)
 def agrees(mask: np.ndarray, prev: np.ndarray, min_area: float, agreement: float) -> bool:
     """Not a speck, and Dice >= ``agreement`` with the last accepted mask."""
     area = int(mask.sum())
-    if area == 0 or area < min_area:
-        return False
-    return 2.0 * int((mask & prev).sum()) / (area + int(prev.sum())) >= agreement
+    return area > 0 and area >= min_area and dice(mask, prev) >= agreement
 
 
 class _RetryRules:

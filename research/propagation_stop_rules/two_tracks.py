@@ -110,10 +110,8 @@ def analyse(store: Path, base: dict, agrees: list[float]) -> None:
     print("| method | mean (>= 10 sl) | < naive - 0.05 | CT5 | MRI5 | "
           + " | ".join(GROUPS) + " |")
     print("|---|---|---|---|---|" + "---|" * len(GROUPS))
-    scores = {}
     for name, fn in methods.items():
         got = {k: dice(fn(rows[k]), rows[k]["obj"]) for k in keys}
-        scores[name] = got
         sel = np.array([got[k] for k in study_keys])
         nv = np.array([naive[k] for k in study_keys])
         ct5 = [got[k] for k in variants.CT5 if k in got]
@@ -123,7 +121,6 @@ def analyse(store: Path, base: dict, agrees: list[float]) -> None:
         print(f"| {name} | {sel.mean():.3f} | {int((sel < nv - 0.05).sum())} | "
               f"{np.mean(ct5) if ct5 else np.nan:.3f} | {np.mean(mri5) if mri5 else np.nan:.3f} | "
               + " | ".join(f"{g:.3f}" for g in groups) + " |")
-    return scores
 
 
 def main(argv: list[str] | None = None) -> int:
