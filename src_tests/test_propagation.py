@@ -19,6 +19,7 @@ from napari_medsam.segmentation.propagation import (
     propagate,
     propagate_volume,
 )
+from napari_medsam.segmentation.propagation_runs import Retry, Run
 
 
 @pytest.fixture
@@ -190,6 +191,81 @@ def test_stop_rules_are_relative():
     assert str(StopReason.JUMP) == "jump" and f"{StopReason.EMPTY}" == "empty"
     with pytest.raises(ValueError, match="patience"):
         StopRules(patience=0)
+
+
+def test_a_leaking_slice_is_retried_from_the_tight_box_and_the_run_still_ends():
+    """A slice rejected as a leak (the margin box took in a neighbour) is segmented again from
+    the last mask's own box and kept when it agrees with the last mask; a jump, a mask on
+    other grey values and more than ``limit`` retries in a row still end the run."""
+    obj = {i: square(10, 10, 10) for i in range(1, 8)}  # the object, slices 1..7 (100 px)
+    leak, dark = {3, 4}, set()
+
+    def margin_step(ref, prev):  # on the leak slices the margin box takes in a neighbour
+        if ref.index in leak:
+            return square(5, 5, 20), (5, 5, 24, 24), 0.9  # 400 px: "area jump"
+        return obj.get(ref.index, square(28, 28, 10)), (9, 9, 20, 20), 0.9  # then a jump
+
+    def tight_step(ref, prev):  # past the object the tight mask shrinks: Dice 0.28
+        return obj.get(ref.index, square(12, 12, 4)), (10, 10, 19, 19), 0.8
+
+    def image(ref):  # the object is bright, but on the dark slices
+        out = np.full((40, 40), 20.0)
+        out[10:20, 10:20] = 20.0 if ref.index in dark else 200.0
+        return out
+
+    def run(retry, shift=float("inf")):
+        r = Run(margin_step, image, 0, 1, [obj[1]], +1, 10,
+                StopRules(max_intensity_shift=shift, patience=1), retry=retry)
+        results = []
+        while r.active:
+            results += r.step()
+        return {x.index: x for x in results}, r.stop
+
+    results, stop = run(None)
+    assert (stop.index, stop.last, stop.reason) == (3, 2, StopReason.AREA)  # the leak ends it
+    results, stop = run(Retry(tight_step))
+    assert all(results[i].mask.sum() == 100 for i in range(2, 8))  # 3 and 4 from the retry
+    assert results[3].box == (10, 10, 19, 19) and results[5].box == (9, 9, 20, 20)
+    assert (stop.index, stop.last, stop.reason) == (8, 7, StopReason.JUMP)  # not retried
+    assert not results[8].mask.any()
+    results, stop = run(Retry(tight_step, limit=1))  # slice 4 would be a second in a row
+    assert (stop.index, stop.last, stop.reason) == (4, 3, StopReason.AREA)
+    leak, dark = set(), {5}  # the object's grey values change: the tight mask has them too
+    results, stop = run(Retry(tight_step), shift=2.0)
+    assert (stop.index, stop.last, stop.reason) == (5, 4, StopReason.INTENSITY)
+    retry, rules = Retry(tight_step), StopRules()
+    assert retry.keeps(square(10, 10, 8), obj[1], 100, rules, shift=0.0)  # Dice 0.78
+    assert not retry.keeps(square(10, 10, 8), obj[1], 1300, rules, shift=0.0)  # a speck
+    assert not retry.keeps(square(10, 10, 8), obj[1], 100, rules, shift=2.5)  # other tissue
+    assert not retry.keeps(square(12, 12, 4), obj[1], 100, rules, shift=0.0)  # Dice 0.28
+
+
+@pytest.mark.slow
+def test_the_retry_carries_the_mr_liver_past_a_slice_of_other_grey_values(litemedsam):
+    """On the MR abdomen the liver's run stopped 2 slices from its anchor (the margin box took
+    in a darker neighbour: "intensity shift"); the tight retry carries it on (whole run: 0.267
+    -> 0.711, research/propagation_stop_rules, "gated retry"). Bounded to 8 slices."""
+    volume, reference, _ = load_case("totalseg_mr_abdomen_sm")
+    session = SegmentationSession(litemedsam, volume.array,
+                                  auto_mapping(volume.array, volume.modality))
+    liver = np.asarray(reference) == 5
+    index = int(np.argmax(liver.sum(axis=(1, 2))))  # 19, the last slice
+    anchor = session.predict_prompts(SliceRef(0, index), [tight_box(liver[index])])
+    first = index - 8
+
+    def run(params):
+        out = propagate(session, 0, {index: anchor}, params=params, stop_at=(first, index))
+        volume_mask = np.zeros(liver.shape, bool)
+        volume_mask[index] = anchor
+        for r in out:
+            volume_mask[r.index] = r.mask
+        stop = {s.direction: s for s in out.stops}[-1]
+        return stop, dice(volume_mask[first:], liver[first:])
+
+    stop, without = run(PropagationParams(retries=0))
+    assert stop.reason == StopReason.INTENSITY and index - stop.index <= 3
+    stop, with_retry = run(PropagationParams())
+    assert stop.reason == StopReason.END and with_retry > without + 0.3
 
 
 def test_bad_input_raises_clear_errors(ct_crop):

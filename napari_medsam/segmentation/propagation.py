@@ -5,7 +5,9 @@ Each step prompts the next slice from the previous slice's mask
 slices are filled from both sides. Beyond the outermost anchors a run goes on until the object
 ends: the mask vanishes, jumps away from the last accepted one, slides onto another tissue or
 leaks (a sudden growth), for ``patience`` slices in a row
-(:mod:`~napari_medsam.segmentation.propagation_stops`); an
+(:mod:`~napari_medsam.segmentation.propagation_stops`); a slice rejected for its grey values
+or a sudden growth is first tried once more from the last mask's own box, as the margin box
+may have taken in a neighbour (:class:`~napari_medsam.segmentation.propagation_runs.Retry`); an
 anchor made of several pieces is followed piece by piece
 (:mod:`~napari_medsam.segmentation.propagation_runs`). Where each direction ended is recorded
 (:attr:`PropagationRun.stops`), and a run can be continued past a stop
@@ -25,9 +27,10 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 
 from .propagation_boxes import box_range, check_axis, slice_shape
-from .propagation_runs import Run, SliceResult, anchor_parts
+from .propagation_runs import Retry, Run, SliceResult, anchor_parts
 from .propagation_steps import (
     DEFAULT_PARAMS,
+    TIGHT_STEP,
     IntBox,
     PropagationParams,
     grow_box,
@@ -99,7 +102,8 @@ def _check_range(session: SegmentationSession, axis: int,
 
 
 def _runs(segment, image, axis: int, anchors: dict[int, np.ndarray], lo: int, hi: int,
-          params: PropagationParams, directions: tuple[int, ...], force: int) -> list[Run]:
+          params: PropagationParams, directions: tuple[int, ...], force: int,
+          retry: Retry | None = None) -> list[Run]:
     """Runs that fill the gaps between anchors and go beyond the outermost ones.
 
     Empty anchors mark slices where the object is absent: nothing crosses them.
@@ -110,7 +114,7 @@ def _runs(segment, image, axis: int, anchors: dict[int, np.ndarray], lo: int, hi
         mask = anchors[seed]
         parts = anchor_parts(mask) if params.split_parts else [mask]
         return Run(segment, image, axis, seed, parts, direction, limit, params.stop, force=force,
-                   barrier=barrier)
+                   barrier=barrier, retry=retry)
 
     runs: list[Run] = []
     for a, b in zip(keys[:-1], keys[1:], strict=False):
@@ -253,8 +257,12 @@ def propagate(session: SegmentationSession, axis: int, anchors: Mapping[int, np.
     def segment(ref, prev):
         return segment_from(session, ref, prev, params)
 
+    def tight(ref, prev):
+        return segment_from(session, ref, prev, TIGHT_STEP)
+
+    retry = Retry(tight, limit=params.retries) if params.retries > 0 else None
     runs = _runs(segment, session.slice_image, axis, checked, lo, hi, params, tuple(directions),
-                 int(force))
+                 int(force), retry)
     centre = (min(checked) + max(checked)) / 2 if start is None else start
     return PropagationRun(runs, axis, centre, cancel)
 

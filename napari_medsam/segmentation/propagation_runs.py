@@ -9,6 +9,9 @@ ends does not end the others. Parts whose masks come to overlap are merged.
 Empty slices are held back until the run either finds the object again (they are yielded
 empty) or ends (the first of them is yielded as the stop slice, the others never are), so
 every slice is yielded at most once and a stopped run reports where the object ended.
+
+A slice rejected because the margin box took in a neighbour (a change of grey values, a
+sudden growth) gets a second try from the last mask's own box (:class:`Retry`).
 """
 
 from __future__ import annotations
@@ -78,6 +81,41 @@ def anchor_parts(mask: np.ndarray, min_fraction: float = 0.1, min_pixels: int = 
 Segment = Callable[[SliceRef, np.ndarray], tuple[np.ndarray, IntBox, float]]
 
 
+@dataclass(frozen=True)
+class Retry:
+    """A second try at a slice the stop rules rejected for its grey values or a sudden growth.
+
+    The slice is segmented again from the box of the last accepted mask, without margin
+    (``segment``). That mask is kept when it is not a speck, keeps the anchor's grey values
+    and overlaps the last accepted mask with Dice >= ``agreement``; at most ``limit``
+    slices in a row are kept this way, then the rules decide alone. Inside the object the
+    tight box stays on it where the margin box took in a neighbour; past the object's end the
+    tight mask shrinks or moves and is not kept. Measured in
+    ``research/propagation_stop_rules`` (README, "gated retry").
+    """
+
+    segment: Segment
+    agreement: float = 0.5
+    limit: int = 2
+    #: The misses that are retried; an empty or jumping mask is not.
+    reasons: tuple[StopReason, ...] = (StopReason.INTENSITY, StopReason.AREA)
+
+    def keeps(self, mask: np.ndarray, prev: np.ndarray, largest: int, rules: StopRules,
+              shift: float) -> bool:
+        """Whether the retried ``mask`` is kept after the last accepted mask ``prev``.
+
+        It must not be a speck (``rules.min_area_fraction`` of the ``largest`` mask), must
+        keep the anchor's grey values (``shift``, in anchor standard deviations, within
+        ``rules.max_intensity_shift``) and must overlap ``prev`` with Dice >= ``agreement``.
+        """
+        area = int(mask.sum())
+        if area == 0 or area < rules.min_area_fraction * largest:
+            return False
+        if shift > rules.max_intensity_shift:
+            return False
+        return 2.0 * int((mask & prev).sum()) / (area + int(prev.sum())) >= self.agreement
+
+
 class _Part:
     """One piece of the anchor, followed on its own."""
 
@@ -86,18 +124,26 @@ class _Part:
         self.intensity = intensity
         self.largest = int(mask.sum())
         self.misses = 0
+        self.retried = 0  # slices kept by the retry, in a row
         self.first_miss: tuple[int, StopReason] | None = None
         self.stopped: tuple[int, StopReason] | None = None
 
     def step(self, segment: Segment, ref: SliceRef, rules: StopRules, force: bool,
-             image: Callable[[SliceRef], np.ndarray]) -> tuple[np.ndarray | None, IntBox, float]:
+             image: Callable[[SliceRef], np.ndarray], retry: Retry | None = None
+             ) -> tuple[np.ndarray | None, IntBox, float]:
         """The accepted mask of slice ``ref`` (None for a miss), the box and the IoU."""
         mask, box, iou = segment(ref, self.prev)
-        shift = 0.0 if self.intensity is None else self.intensity.shift(image(ref), mask)
-        reason = rules.reason(mask, self.prev, self.largest, shift)
+        reason = rules.reason(mask, self.prev, self.largest, self._shift(image, ref, mask))
         if reason is not None and force and mask.any():
             reason = None  # continuing past a stop: take what the model gives
+        retried = False
+        if retry is not None and reason in retry.reasons and self.retried < retry.limit:
+            again, used, score = retry.segment(ref, self.prev)
+            if retry.keeps(again, self.prev, self.largest, rules,
+                           self._shift(image, ref, again)):
+                mask, box, iou, reason, retried = again, used, score, None, True
         if reason is None:
+            self.retried = self.retried + 1 if retried else 0
             self.prev, self.misses, self.first_miss = mask, 0, None
             self.largest = max(self.largest, int(mask.sum()))
             return mask, box, iou
@@ -107,6 +153,11 @@ class _Part:
         if self.misses >= rules.patience:
             self.stopped = self.first_miss
         return None, box, iou
+
+    def _shift(self, image: Callable[[SliceRef], np.ndarray], ref: SliceRef,
+               mask: np.ndarray) -> float:
+        """How far the mask's grey values are from the anchor's (0 without a model)."""
+        return 0.0 if self.intensity is None else self.intensity.shift(image(ref), mask)
 
 
 def _merge_overlapping(parts: list[_Part]) -> list[_Part]:
@@ -146,12 +197,16 @@ class Run:
     outer
         Whether the run goes beyond the outermost anchors (it records a
         :class:`DirectionStop`); a run filling a gap between anchors does not.
+    barrier
+        The run ends on an empty anchor (it records ``BARRIER`` when it reaches it).
+    retry
+        A second try at slices the rules reject (:class:`Retry`), or None.
     """
 
     def __init__(self, segment: Segment, image: Callable[[SliceRef], np.ndarray], axis: int,
                  seed: int, parts: list[np.ndarray], direction: int, limit: int,
                  rules: StopRules, *, force: int = 0, outer: bool = True,
-                 barrier: bool = False) -> None:
+                 barrier: bool = False, retry: Retry | None = None) -> None:
         self.segment, self.image, self.axis, self.direction = segment, image, axis, direction
         self.seed, self.index, self.limit = seed, seed + direction, limit
         seed_image = image(SliceRef(axis, seed)) if np.isfinite(rules.max_intensity_shift) \
@@ -159,6 +214,7 @@ class Run:
         self.parts = [_Part(p, None if seed_image is None else IntensityModel.of(seed_image, p))
                       for p in parts]
         self.rules, self.force, self.outer, self.barrier = rules, force, outer, barrier
+        self.retry = retry
         self.held: list[SliceResult] = []
         self.last = seed
         self.stopped = False
@@ -177,7 +233,8 @@ class Run:
         for part in self.parts:
             if part.stopped is not None:
                 continue
-            mask, used, score = part.step(self.segment, ref, self.rules, force, self.image)
+            mask, used, score = part.step(self.segment, ref, self.rules, force, self.image,
+                                          self.retry)
             if box is None or (mask is not None and (union is None or score > iou)):
                 box, iou = used, score
             if mask is not None:

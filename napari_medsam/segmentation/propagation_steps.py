@@ -38,6 +38,11 @@ class PropagationParams:
     split_parts
         Beyond the outermost anchors, follow each piece of a multi-part anchor on its own
         (:func:`~napari_medsam.segmentation.propagation_runs.anchor_parts`).
+    retries
+        Beyond the outermost anchors, a slice rejected for its grey values or a sudden
+        growth is segmented again from the last mask's own box (:data:`TIGHT_STEP`) and kept
+        when that mask agrees with the last one, at most this many slices in a row
+        (:class:`~napari_medsam.segmentation.propagation_runs.Retry`); 0: no retry.
     """
 
     margin: float = 0.1
@@ -45,9 +50,12 @@ class PropagationParams:
     stop: StopRules = field(default_factory=StopRules)
     gap_stop: StopRules = field(default_factory=lambda: EMPTY_ONLY)
     split_parts: bool = True
+    retries: int = 2
 
 
 DEFAULT_PARAMS = PropagationParams()
+#: The step of a retry: the previous mask's own box, no margin, one prediction.
+TIGHT_STEP = PropagationParams(margin=0.0, refit=False, retries=0)
 
 
 def mask_box(mask: np.ndarray) -> IntBox | None:

@@ -7,8 +7,10 @@ margin (one prediction); that mask is kept when it is not a speck and overlaps t
 accepted mask with Dice >= ``agreement``, at most ``limit`` slices in a row. Everything
 else (patience, parts, *Continue*'s forced slices) is the product's code. This is what the
 2026-12-07 "tight retry" rows of the README were measured with (``variants.py retry`` and
-``retry2``, ``retry2g`` gated); it was first written into the product's step and taken
-out again.
+``retry2``). The gated retry (``retry2g``: grey-value and area misses only) was first
+measured with this wrapper too and then shipped as the product's
+:class:`~napari_medsam.segmentation.propagation_runs.Retry`, which ``variants.py retry2g``
+now uses.
 """
 
 from __future__ import annotations
@@ -20,12 +22,8 @@ import numpy as np
 
 from napari_medsam.evaluation import dice
 from napari_medsam.segmentation import propagation_runs
-from napari_medsam.segmentation.propagation_steps import PropagationParams, segment_from
-from napari_medsam.segmentation.propagation_stops import StopReason
+from napari_medsam.segmentation.propagation_steps import TIGHT_STEP, segment_from
 from napari_medsam.segmentation.session import SliceRef
-
-#: The tight step: the previous mask's own box, one prediction.
-TIGHT = PropagationParams(margin=0.0, refit=False)
 
 
 def agrees(mask: np.ndarray, prev: np.ndarray, min_area: float, agreement: float) -> bool:
@@ -49,11 +47,7 @@ class _RetryRules:
         return self._rules.reason(mask, prev, largest, shift)
 
 
-#: ``gated``: only these rules' misses are retried (the margin box took in a neighbour).
-GATED = (StopReason.INTENSITY, StopReason.AREA)
-
-
-def _step(original, session, agreement: float, limit: float, gated: bool):
+def _step(original, session, agreement: float, limit: float):
     def step(self, segment, ref: SliceRef, rules, force, image):
         chosen: dict = {}
 
@@ -63,12 +57,7 @@ def _step(original, session, agreement: float, limit: float, gated: bool):
             reason = rules.reason(mask, prev, self.largest, shift)
             if reason is None or (force and mask.any()) or getattr(self, "retried", 0) >= limit:
                 return mask, box, iou
-            if gated and reason not in GATED:
-                return mask, box, iou
-            retry, used, score = segment_from(session, r, prev, TIGHT)
-            if gated and self.intensity is not None and \
-                    self.intensity.shift(image(r), retry) > rules.max_intensity_shift:
-                return mask, box, iou  # the tight mask is on another tissue too
+            retry, used, score = segment_from(session, r, prev, TIGHT_STEP)
             if agrees(retry, prev, rules.min_area_fraction * self.largest, agreement):
                 chosen["mask"] = retry
                 return retry, used, score
@@ -83,15 +72,10 @@ def _step(original, session, agreement: float, limit: float, gated: bool):
 
 
 @contextlib.contextmanager
-def use_tight_retry(session, agreement: float = 0.5, limit: float = 2, gated: bool = False
-                    ) -> Iterator[None]:
-    """Propagation runs on ``session`` retry rejected slices while the block runs.
-
-    ``gated``: only slices rejected for their grey values or a sudden growth are retried,
-    and the retried mask must keep the anchor's grey values.
-    """
+def use_tight_retry(session, agreement: float = 0.5, limit: float = 2) -> Iterator[None]:
+    """Propagation runs on ``session`` retry every rejected slice while the block runs."""
     original = propagation_runs._Part.step
-    propagation_runs._Part.step = _step(original, session, agreement, limit, gated)
+    propagation_runs._Part.step = _step(original, session, agreement, limit)
     try:
         yield
     finally:

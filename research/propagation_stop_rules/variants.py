@@ -4,9 +4,10 @@ Each variant is the product's propagation (:class:`~napari_medsam.segmentation.
 propagation_runs.Run`, :class:`PropagationParams`, :class:`StopRules`) with other values,
 or with another step (``consensus``: the product step, and the no-margin box of the
 previous mask when the two masks disagree), or with a tight retry of the slices its rules
-reject (``retry``, ``retry2``, ``retry2g``: ``tight_runs.py``). Same anchors and scoring
-as ``study.py``; the rows go to ``results_variant_<name>.json`` (3D Dice, where each
-direction stopped).
+reject (``retry``, ``retry2``: ``tight_runs.py``; ``retry2g``, gated: the product's
+:class:`~napari_medsam.segmentation.propagation_runs.Retry`, shipped since 2026-12-07).
+Same anchors and scoring as ``study.py``; the rows go to ``results_variant_<name>.json``
+(3D Dice, where each direction stopped).
 
 Subsets (``--subset``, comma-separated): ``losers`` (the structures where the product's
 ``new`` is > 0.05 below ``naive`` in the merged study results), ``ct5`` (liver, spleen,
@@ -41,8 +42,9 @@ from table import GROUPS, merge  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.evaluation import dice  # noqa: E402
-from napari_medsam.segmentation.propagation_runs import Run, anchor_parts  # noqa: E402
+from napari_medsam.segmentation.propagation_runs import Retry, Run, anchor_parts  # noqa: E402
 from napari_medsam.segmentation.propagation_steps import (  # noqa: E402
+    TIGHT_STEP,
     PropagationParams,
     grow_box,
     mask_box,
@@ -69,16 +71,20 @@ class Variant:
     #: (fraction, plus, floor): box margin max(floor, round(fraction x extent) + plus) px per
     #: side instead of the product's round(margin x extent) + 1 (None: the product's)
     pixels: tuple[float, int, int] | None = None
-    #: the tight retry (``tight_runs.py``): the Dice a retried mask needs (0: none), and at
-    #: most this many retried slices in a row
+    #: the tight retry: the Dice a retried mask needs (0: none), and at most this many
+    #: retried slices in a row; gated: the product's ``Retry`` (grey-value and area misses
+    #: only), else ``tight_runs.py`` (every miss)
     retry: float = 0.0
     retry_limit: float = 2
     retry_gated: bool = False
+    #: gated, and the retried mask must also pass every stop rule (:class:`RuleRetry`)
+    retry_rules: bool = False
     note: str = ""
 
 
 VARIANTS = {
-    "product": Variant(PropagationParams(), note="the product defaults (check)"),
+    "product": Variant(PropagationParams(), note="the product's step and rules without "
+                       "its retry (the product until 2026-12-06)"),
     "retry": Variant(PropagationParams(), retry=0.5, retry_limit=INF,
                      note="a rejected slice retried with the tight box of the last mask, kept "
                      "when Dice >= 0.5 with it, any number of slices in a row"),
@@ -87,6 +93,11 @@ VARIANTS = {
     "retry2g": Variant(PropagationParams(), retry=0.5, retry_limit=2, retry_gated=True,
                        note="as retry2, only grey-value and area misses, and the retried "
                        "mask keeps the anchor's grey values"),
+    "retry2g7": Variant(PropagationParams(), retry=0.7, retry_limit=2, retry_gated=True,
+                        note="as retry2g, the retried mask needs Dice >= 0.7 with the last"),
+    "retry2gr": Variant(PropagationParams(), retry=0.5, retry_limit=2, retry_gated=True,
+                        retry_rules=True, note="as retry2g, the retried mask must also pass "
+                        "the stop rules (no sudden growth, no jump)"),
     "learned": Variant(PropagationParams(), note="the product defaults plus the learned stop "
                        "model (learned_runs.py; --stop-model, default stop_model.json)"),
     "m0": Variant(PropagationParams(margin=0.0, refit=False),
@@ -103,6 +114,14 @@ VARIANTS = {
     "consensus": Variant(PropagationParams(), agree=0.5,
                          note="product step; no-margin mask when Dice(both) < 0.5"),
 }
+
+
+class RuleRetry(Retry):
+    """The product's retry, keeping a retried mask only when the stop rules accept it too."""
+
+    def keeps(self, mask, prev, largest, rules, shift) -> bool:
+        return rules.reason(mask, prev, largest, shift) is None and \
+            super().keeps(mask, prev, largest, rules, shift)
 
 
 def consensus_step(session, params: PropagationParams, agree: float):
@@ -167,15 +186,21 @@ def propagate(session, z: int, anchor: np.ndarray, variant: Variant
     out[z] = anchor
     parts = anchor_parts(anchor) if params.split_parts else [anchor]
     stops = []
-    retry = contextlib.nullcontext()
-    if variant.retry > 0:
+    wrapper, retry = contextlib.nullcontext(), None
+    if variant.retry > 0 and variant.retry_gated:
+        def tight(ref, prev):
+            return segment_from(session, ref, prev, TIGHT_STEP)
+
+        kind = RuleRetry if variant.retry_rules else Retry
+        retry = kind(tight, variant.retry, int(variant.retry_limit))
+    elif variant.retry > 0:
         from tight_runs import use_tight_retry
 
-        retry = use_tight_retry(session, variant.retry, variant.retry_limit,
-                                variant.retry_gated)
-    with retry:
+        wrapper = use_tight_retry(session, variant.retry, variant.retry_limit)
+    with wrapper:
         for direction, limit in ((+1, out.shape[0] - 1), (-1, 0)):
-            run = Run(segment, session.slice_image, 0, z, parts, direction, limit, params.stop)
+            run = Run(segment, session.slice_image, 0, z, parts, direction, limit, params.stop,
+                      retry=retry)
             if not run.active:
                 run.end_at_once()
             while run.active:
