@@ -302,7 +302,7 @@ def test_params_are_used(ct_crop):
 @pytest.mark.slow
 def test_zoomed_propagation_follows_the_hippocampus_head(litemedsam):
     """With ``zoom="auto"`` (the default) every step on this 52x34 MRI crop is also segmented
-    in the whole slice seen at 4x, which raised the run from 0.361 (zoom off) to 0.656; the
+    in the whole slice seen at 4x, which raised the run from 0.361 (zoom off) to 0.652; the
     step and stop rules are the same as on CT."""
     volume, reference, _ = load_case("msd_hippocampus_mr", "hippocampus_003_image.nii.gz",
                                      "hippocampus_003_label.nii.gz")
@@ -316,6 +316,10 @@ def test_zoomed_propagation_follows_the_hippocampus_head(litemedsam):
     assert session.roi_encoder_calls >= len(results) - 1  # the steps went through the ROI
     stops = [r for r in results if r.stopped]
     zs = np.flatnonzero(head.any(axis=(1, 2)))
-    assert stops and all(zs[0] - 1 <= r.index <= zs[-1] + 1 for r in stops)
+    # each stop next to an end of the head, or up to ``retries`` slices past it: there the
+    # tight retry may keep a mask that agrees with the last one (measured: 8, and 19 for an
+    # end at 17; without the retry 8 and 18)
+    late = PropagationParams().retries
+    assert stops and all(zs[0] - 1 - late <= r.index <= zs[-1] + 1 + late for r in stops)
     volume_mask = propagate_volume(session, 0, {index: anchor})
-    assert dice(volume_mask, head) > 0.6  # measured 0.656 (zoom off: 0.361)
+    assert dice(volume_mask, head) > 0.6  # measured 0.652 (zoom off: 0.361)

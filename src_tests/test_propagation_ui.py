@@ -30,10 +30,13 @@ from napari_medsam.segmentation.annotation_jobs import (
     continue_mask,
     propagate_job,
 )
+from napari_medsam.segmentation.propagation_steps import PropagationParams
 from napari_medsam.segmentation.propagation_stops import DirectionStop, StopReason
 
-#: The kidney's anchor slice in the crop: one slice below it the run stops by a rule.
+#: The kidney's anchor slice in the crop: one slice below it the stop rules alone (without the
+#: tight retry, which carries this run on) stop the run, although the kidney goes on.
 KIDNEY_ANCHOR = 3
+RULES_ONLY = PropagationParams(retries=0)
 
 
 def _drain(job) -> tuple[list, PendingSlices]:
@@ -61,7 +64,7 @@ def test_stops_are_data_and_a_run_continues_past_a_rule_stop(ct_crop):
     z = KIDNEY_ANCHOR
     anchors = {z: session.predict(SliceRef(0, z), box=tight_box(kidney[z])).mask}
     _, pending = _drain(propagate_job(session, SliceRef(0, z), anchors, KIDNEY_LEFT,
-                                      cancel=lambda: False))
+                                      cancel=lambda: False, params=RULES_ONLY))
     stops = {s.direction: s for s in pending.stops}
     assert set(stops) == {-1, +1} and all(isinstance(s, DirectionStop) for s in pending.stops)
     down, up = stops[-1], stops[+1]
@@ -74,11 +77,14 @@ def test_stops_are_data_and_a_run_continues_past_a_rule_stop(ct_crop):
                                  stop_text(up).capitalize() + ".")
     before = _filled(pending)
     assert before and min(before) > down.index
+    _, retried = _drain(propagate_job(session, SliceRef(0, z), anchors, KIDNEY_LEFT,
+                                      cancel=lambda: False))
+    assert min(_filled(retried)) < down.index  # with the tight retry the run goes on
 
     # continue past the lower stop from the anchor's mask, bounded to slices 1..11
     assert continue_mask(pending, down, anchors) is not None
     items, more = _drain(continue_job(session, pending, down, anchors, cancel=lambda: False,
-                                      stop_at=(1, 11)))
+                                      stop_at=(1, 11), params=RULES_ONLY))
     assert [i.index for i in items if isinstance(i, SliceDone)] == [2, 1]
     assert [i.done for i in items if isinstance(i, Progress)] == [1, 2]
     assert _filled(more) == before | {1, 2}  # the new slices join the old ones
@@ -177,6 +183,7 @@ def test_panel_shows_stops_continues_within_the_range_and_accepts_once(sample_ct
     target = widget.target_labels()
     after_2d = target.data.copy()
     panel = widget.volume_panel
+    panel.params = RULES_ONLY
     panel.range_check.setChecked(True)
 
     # the displayed slice outside the range: a warning, nothing runs

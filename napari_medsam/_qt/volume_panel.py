@@ -66,6 +66,7 @@ from napari_medsam.segmentation.annotation_jobs import (
     continue_mask,
     propagate_job,
 )
+from napari_medsam.segmentation.propagation_steps import DEFAULT_PARAMS, PropagationParams
 
 if TYPE_CHECKING:
     from napari_medsam.segmentation import SegmentationSession
@@ -89,6 +90,12 @@ class VolumePanel(QGroupBox):
         labels and the pending 3D result.
     viewer
         The napari viewer (the displayed slice, the boxes and preview layers).
+
+    Attributes
+    ----------
+    params
+        How Propagate and Continue step from slice to slice and where they stop (the
+        measured defaults).
     """
 
     #: (done, total) from a worker thread; delivered on the GUI thread.
@@ -105,6 +112,7 @@ class VolumePanel(QGroupBox):
         super().__init__("3D")
         self.annotation = annotation
         self.viewer = viewer
+        self.params: PropagationParams = DEFAULT_PARAMS
         self._worker = None
         self._cancel = threading.Event()
 
@@ -338,7 +346,7 @@ class VolumePanel(QGroupBox):
                           self._cancel.is_set, stop_at, progress=self.learning.emit)
         else:
             job = partial(propagate_job, session, ref, anchors, label, self._cancel.is_set,
-                          stop_at)
+                          stop_at, self.params)
         self._start(job, streams=True)
 
     def continue_past(self, stop: DirectionStop) -> None:
@@ -361,7 +369,7 @@ class VolumePanel(QGroupBox):
             show_warning(f"MedSAM: {exc}")
             return
         self._start(partial(continue_job, session, pending, stop, anchors, self._cancel.is_set,
-                            stop_at), streams=True, keep=True)
+                            stop_at, self.params), streams=True, keep=True)
 
     def cut_here(self) -> None:
         """The object ends on the displayed slice: drop it and the pending propagation's

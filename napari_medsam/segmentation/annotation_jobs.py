@@ -25,6 +25,7 @@ from .annotation_edits import (
     refine_pending,
     slices_pending,
 )
+from .propagation_steps import DEFAULT_PARAMS, PropagationParams
 from .propagation_stops import DirectionStop
 from .session import SegmentationSession, SliceRef
 
@@ -54,16 +55,18 @@ Job = Generator[SliceDone | Progress, None, PendingSlices | PendingRefine | None
 
 def propagate_job(session: SegmentationSession, ref: SliceRef, anchors: Mapping[int, np.ndarray],
                   label: int, cancel: Callable[[], bool],
-                  stop_at: tuple[int, int] | None = None) -> Job:
+                  stop_at: tuple[int, int] | None = None,
+                  params: PropagationParams = DEFAULT_PARAMS) -> Job:
     """Propagate object ``label`` from its ``anchors`` (slice index -> mask) along
     ``ref.axis``, starting next to the displayed slice; ``stop_at``: the inclusive slice
-    range the run stays in (default: the volume)."""
+    range the run stays in (default: the volume); ``params``: how runs step and stop."""
     from .propagation import propagate
 
     lo, hi = _bounds(session, ref.axis, stop_at)
     total = hi - lo + 1
     masks: dict[int, np.ndarray] = {}
-    run = propagate(session, ref.axis, anchors, start=ref.index, stop_at=stop_at, cancel=cancel)
+    run = propagate(session, ref.axis, anchors, start=ref.index, stop_at=stop_at, cancel=cancel,
+                    params=params)
     inside = sum(1 for i in anchors if lo <= i <= hi)
     yield from _stream(run, ref.axis, masks, inside, total)
     return slices_pending(label, ref.axis, masks, run.stops, cancel())
@@ -95,13 +98,15 @@ def continue_mask(pending: PendingSlices, stop: DirectionStop,
 
 def continue_job(session: SegmentationSession, pending: PendingSlices, stop: DirectionStop,
                  anchors: Mapping[int, np.ndarray], cancel: Callable[[], bool],
-                 stop_at: tuple[int, int] | None = None) -> Job:
+                 stop_at: tuple[int, int] | None = None,
+                 params: PropagationParams = DEFAULT_PARAMS) -> Job:
     """Continue the propagation of ``pending`` past ``stop`` (one of ``pending.stops``) in
     its direction, from the mask held on ``stop.last`` (:func:`continue_mask`, which raises
     ``ValueError`` for a stop that cannot be continued: call it first to check).
 
     Returns the pending result with the new slices merged in and ``stop`` replaced by where
-    the continued run ended (the other stops are kept).
+    the continued run ended (the other stops are kept). ``stop_at`` and ``params`` as in
+    :func:`propagate_job`.
     """
     from .propagation import continue_propagation
 
@@ -110,7 +115,7 @@ def continue_job(session: SegmentationSession, pending: PendingSlices, stop: Dir
     total = max((hi - stop.last) if stop.direction > 0 else (stop.last - lo), 1)
     masks = dict(pending.masks)
     run = continue_propagation(session, pending.axis, stop.last, mask, stop.direction,
-                               stop_at=stop_at, cancel=cancel)
+                               stop_at=stop_at, cancel=cancel, params=params)
     yield from _stream(run, pending.axis, masks, 0, total)
     stops = [s for s in pending.stops if s != stop] + list(run.stops)
     return slices_pending(pending.label, pending.axis, masks, stops, cancel())
