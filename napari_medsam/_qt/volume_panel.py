@@ -343,7 +343,8 @@ class VolumePanel(QGroupBox):
             self.info.setText(f"Learning object {label} from {len(anchors)} accepted "
                               "slice(s)...")
             job = partial(learn_and_propagate_job, session, ref, anchors, label,
-                          self._cancel.is_set, stop_at, progress=self.learning.emit)
+                          self._cancel.is_set, stop_at, progress=self.learning.emit,
+                          params=self.params)
         else:
             job = partial(propagate_job, session, ref, anchors, label, self._cancel.is_set,
                           stop_at, self.params)

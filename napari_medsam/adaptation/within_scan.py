@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_medsam.segmentation.propagation_steps import DEFAULT_PARAMS, PropagationParams
+
 from .adapted_model import AdaptError, export_checked, load_decoder
 from .examples import EmbeddingBank, collect_examples
 from .training import DecoderTrainer, TrainingConfig
@@ -216,12 +218,13 @@ def learn_and_propagate_job(session, ref, anchors: Mapping[int, np.ndarray], lab
                             cancel: Callable[[], bool],
                             stop_at: tuple[int, int] | None = None,
                             progress: Callable[[str], None] | None = None,
-                            config: TrainingConfig | None = None):
+                            config: TrainingConfig | None = None,
+                            params: PropagationParams = DEFAULT_PARAMS):
     """:func:`~napari_medsam.segmentation.annotation_jobs.propagate_job`, after adapting the
     decoder to the object's ``anchors`` (:func:`adapt_to_slices`): the same slices and
     progress into the preview; the pending result's lines end with what was learned (or
     why nothing was, in which case the run is the plain propagation). ``progress`` and
-    ``config`` go to :func:`adapt_to_slices`."""
+    ``config`` go to :func:`adapt_to_slices`, ``params`` to the propagation."""
     from dataclasses import replace
 
     from napari_medsam.segmentation.annotation_jobs import propagate_job
@@ -230,7 +233,7 @@ def learn_and_propagate_job(session, ref, anchors: Mapping[int, np.ndarray], lab
                                  cancel=cancel)
     try:
         pending = yield from propagate_job(adaptation.session_for(session), ref, anchors,
-                                           label, cancel, stop_at)
+                                           label, cancel, stop_at, params)
     finally:
         adaptation.close()
     return replace(pending, lines=(*pending.lines, adaptation.describe()))
