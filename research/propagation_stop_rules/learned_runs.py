@@ -42,7 +42,7 @@ class _LearnedRules:
 
 
 def _step(original, model: StopModel):
-    def step(self, segment, ref, rules, force, image):
+    def step(self, segment, ref, rules, force, image, retry=None):
         seen = {}
 
         def segment_seen(r, prev):
@@ -51,7 +51,7 @@ def _step(original, model: StopModel):
 
         learned = _LearnedRules(rules, model, self, lambda: image(ref),
                                 lambda: seen["result"][2])
-        return original(self, segment_seen, ref, learned, force, image)
+        return original(self, segment_seen, ref, learned, force, image, retry)
 
     return step
 

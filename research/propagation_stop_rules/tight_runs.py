@@ -48,14 +48,15 @@ class _RetryRules:
 
 
 def _step(original, session, agreement: float, limit: float):
-    def step(self, segment, ref: SliceRef, rules, force, image):
+    def step(self, segment, ref: SliceRef, rules, force, image, retry=None):
         chosen: dict = {}
 
         def segment_or_retry(r, prev):
             mask, box, iou = segment(r, prev)
             shift = 0.0 if self.intensity is None else self.intensity.shift(image(r), mask)
             reason = rules.reason(mask, prev, self.largest, shift)
-            if reason is None or (force and mask.any()) or getattr(self, "retried", 0) >= limit:
+            if reason is None or (force and mask.any()) or \
+                    getattr(self, "tight_retried", 0) >= limit:
                 return mask, box, iou
             retry, used, score = segment_from(session, r, prev, TIGHT_STEP)
             if agrees(retry, prev, rules.min_area_fraction * self.largest, agreement):
@@ -63,9 +64,10 @@ def _step(original, session, agreement: float, limit: float):
                 return retry, used, score
             return mask, box, iou
 
-        out = original(self, segment_or_retry, ref, _RetryRules(rules, chosen), force, image)
-        if out[0] is not None:
-            self.retried = getattr(self, "retried", 0) + 1 if "mask" in chosen else 0
+        out = original(self, segment_or_retry, ref, _RetryRules(rules, chosen), force, image,
+                       retry)
+        if out[0] is not None:  # its own count: the product's ``retried`` is its Retry's
+            self.tight_retried = getattr(self, "tight_retried", 0) + 1 if "mask" in chosen else 0
         return out
 
     return step
