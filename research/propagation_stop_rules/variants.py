@@ -42,6 +42,7 @@ from table import GROUPS, merge  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.evaluation import dice  # noqa: E402
+from napari_medsam.segmentation import propagation_runs  # noqa: E402
 from napari_medsam.segmentation.propagation_runs import Retry, Run, anchor_parts  # noqa: E402
 from napari_medsam.segmentation.propagation_steps import (  # noqa: E402
     TIGHT_STEP,
@@ -79,6 +80,9 @@ class Variant:
     retry_gated: bool = False
     #: gated, and the retried mask must also pass every stop rule (:class:`RuleRetry`)
     retry_rules: bool = False
+    #: gated, and ``retry_limit`` counts every retried slice of a part, not those in a row
+    #: (:func:`total_budget`)
+    retry_total: bool = False
     note: str = ""
 
 
@@ -98,6 +102,9 @@ VARIANTS = {
     "retry2gr": Variant(PropagationParams(), retry=0.5, retry_limit=2, retry_gated=True,
                         retry_rules=True, note="as retry2g, the retried mask must also pass "
                         "the stop rules (no sudden growth, no jump)"),
+    "retry2gt": Variant(PropagationParams(), retry=0.5, retry_limit=2, retry_gated=True,
+                        retry_total=True, note="as retry2g, at most 2 retried slices per "
+                        "part in the whole run (a plain slice does not reset the count)"),
     "learned": Variant(PropagationParams(), note="the product defaults plus the learned stop "
                        "model (learned_runs.py; --stop-model, default stop_model.json)"),
     "m0": Variant(PropagationParams(margin=0.0, refit=False),
@@ -122,6 +129,26 @@ class RuleRetry(Retry):
     def keeps(self, mask, prev, largest, rules, shift) -> bool:
         return rules.reason(mask, prev, largest, shift) is None and \
             super().keeps(mask, prev, largest, rules, shift)
+
+
+@contextlib.contextmanager
+def total_budget():
+    """While active, a plain accepted slice does not reset a part's count of retried slices
+    (the product resets it: ``limit`` is then slices in a row)."""
+    original = propagation_runs._Part.step
+
+    def step(self, *args):
+        before = self.retried
+        out = original(self, *args)
+        if out[0] is not None and self.retried == 0:
+            self.retried = before
+        return out
+
+    propagation_runs._Part.step = step
+    try:
+        yield
+    finally:
+        propagation_runs._Part.step = original
 
 
 def consensus_step(session, params: PropagationParams, agree: float):
@@ -193,6 +220,8 @@ def propagate(session, z: int, anchor: np.ndarray, variant: Variant
 
         kind = RuleRetry if variant.retry_rules else Retry
         retry = kind(tight, variant.retry, int(variant.retry_limit))
+        if variant.retry_total:
+            wrapper = total_budget()
     elif variant.retry > 0:
         from tight_runs import use_tight_retry
 
