@@ -20,6 +20,7 @@ from .bench_report import format_report as format_report
 from .bench_report import write_json as write_json
 from .bench_torch import _torch_net
 from .bench_torch import _TorchReference as _TorchReference
+from .segmentation.mask_metrics import dice
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +143,6 @@ def agreement_slices(data_dir: Path) -> list[BenchSlice]:
     return out
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else float(2 * int((a & b).sum()) / total)
-
-
 def mask_agreement(reference, other, slices: list[BenchSlice]) -> dict:
     """Mask Dice of ``other`` against ``reference`` (two engines) on the same box prompts.
 
@@ -157,7 +153,7 @@ def mask_agreement(reference, other, slices: list[BenchSlice]) -> dict:
     for s in slices:
         ref_mask = reference.predict(reference.embed(s.image), box=s.box).mask
         mask = other.predict(other.embed(s.image), box=s.box).mask
-        scores.append(_dice(ref_mask, mask))
+        scores.append(dice(ref_mask, mask))
         emptied += int(ref_mask.any() and not mask.any())
     return {"prompts": len(scores), "dice_min": round(min(scores), 4),
             "dice_median": round(float(np.median(scores)), 4),
@@ -380,7 +376,7 @@ def _rows_table(engines: dict, names: list[str], enc: dict, dec: dict, embed_tim
                "encoder_ms": _median_ms(enc[name]),
                "embed_with_preprocessing_ms": _median_ms(embed_times[name]),
                "decoder_ms": _median_ms(dec[name])}
-        scores = [_dice(a, b) for a, b in zip(masks[names[0]], masks[name], strict=True)]
+        scores = [dice(a, b) for a, b in zip(masks[names[0]], masks[name], strict=True)]
         row["mask_dice_min_bench_slices"] = round(min(scores), 4)
         if with_torch:
             row["encoder_speedup"] = round(_median_ms(enc["torch"]) / row["encoder_ms"], 2)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_medsam.segmentation.mask_metrics import dice
+
 __all__ = ["EvalError", "EvalResult", "LabelResult", "dice", "format_table"]
 
 
@@ -83,14 +85,6 @@ class EvalResult:
 
 
 # -- small helpers ----------------------------------------------------------------------------
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean arrays (1.0 when both are empty)."""
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
-
-
 def _fmt_dice(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
 

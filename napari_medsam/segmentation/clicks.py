@@ -32,6 +32,7 @@ from .click_ranking import (
     centrality,
     learned_score,
 )
+from .mask_metrics import dice
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +120,6 @@ def _fit_box(mask: np.ndarray, shape: tuple[int, int], margin: float = MARGIN
     return _clip_box(x0 - mx, y0 - my, x1 + mx, y1 + my, shape)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def _exclude(box: tuple[int, int, int, int], positives: Sequence[tuple[int, int]],
              negatives: Sequence[tuple[int, int]]) -> tuple[int, int, int, int]:
     """Shrink ``box`` so every negative click falls outside it (keeping the positives in).
@@ -201,7 +197,7 @@ def _grow(decode: _Decoder, seed: tuple[int, int, int, int], positives: list[tup
         mask = _components_at(full, positives)
         if not mask.any():
             return None
-        stability = 1.0 if previous is None else _dice(mask, previous)
+        stability = 1.0 if previous is None else dice(mask, previous)
         new_box = _fit_box(mask, shape)
         if new_box == box or (previous is not None and stability > 0.97):
             return mask, box, iou, stability

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .mask_metrics import dice
 from .propagation_stops import DirectionStop, IntensityModel, StopReason, StopRules
 from .session import SliceRef
 
@@ -113,7 +114,7 @@ class Retry:
             return False
         if shift > rules.max_intensity_shift:
             return False
-        return 2.0 * int((mask & prev).sum()) / (area + int(prev.sum())) >= self.agreement
+        return dice(mask, prev) >= self.agreement
 
 
 class _Part:
