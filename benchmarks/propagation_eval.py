@@ -39,6 +39,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,10 @@ from napari_medsam.segmentation.propagation import (  # noqa: E402
     grow_box,
     mask_box,
     propagate_volume,
+)
+from napari_medsam.segmentation.propagation_steps import (  # noqa: E402
+    DEFAULT_PARAMS,
+    PropagationParams,
 )
 
 #: (case, image, label, modality, labels)
@@ -126,7 +131,8 @@ def naive(session, z: int, anchor: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate_object(session, obj: np.ndarray, methods=METHODS) -> dict[str, float]:
+def evaluate_object(session, obj: np.ndarray, methods=METHODS,
+                    params: PropagationParams = DEFAULT_PARAMS) -> dict[str, float]:
     zs = np.flatnonzero(obj.any(axis=(1, 2)))
     first, last = int(zs[0]), int(zs[-1])
     z = largest_slice(obj, True)
@@ -143,15 +149,15 @@ def evaluate_object(session, obj: np.ndarray, methods=METHODS) -> dict[str, floa
         row["naive"] = dice(naive(session, z, anchor), obj)
     if "ours" in methods:
         t0 = time.perf_counter()
-        row["ours"] = dice(propagate_volume(session, 0, {z: anchor}), obj)
+        row["ours"] = dice(propagate_volume(session, 0, {z: anchor}, params=params), obj)
         row["seconds"] = time.perf_counter() - t0
     if "old" in methods:
         row["old"] = dice(propagation_head.propagate_volume(session, 0, {z: anchor}), obj)
     if "anchors3" in methods:
         quarter = (last - first) // 4
         picks = sorted({first + quarter, z, last - quarter})
-        row["anchors3"] = dice(propagate_volume(session, 0, {i: anchor_at(i) for i in picks}),
-                               obj)
+        row["anchors3"] = dice(propagate_volume(session, 0, {i: anchor_at(i) for i in picks},
+                                                params=params), obj)
     box = box_of(obj[z])  # a box drawn on the largest slice, with the object's slice range
     if "box_range" in methods:
         vol = np.zeros_like(obj)
@@ -232,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="litemedsam",
                         help="registry model, e.g. one adapted with napari-medsam adapt "
                              "(default litemedsam)")
+    parser.add_argument("--retries", type=int, default=DEFAULT_PARAMS.retries,
+                        help="slices in a row that ours and anchors3 may keep from the tight "
+                             f"retry (PropagationParams.retries; default "
+                             f"{DEFAULT_PARAMS.retries}, 0: no retry)")
     args = parser.parse_args(argv)
     methods = tuple(m for m in METHODS if m in args.methods.split(","))
+    params = replace(DEFAULT_PARAMS, retries=args.retries)
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -249,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             names = label_names(case)
             tag = image.split("_image")[0] if "hippocampus" in image else case
             for lab in labs:
-                row = evaluate_object(session, ref == lab, methods)
+                row = evaluate_object(session, ref == lab, methods, params)
                 row.update(case=tag, label=lab, name=names.get(lab, str(lab)),
                            modality=modality, zoom=args.zoom)
                 rows.append(row)
@@ -269,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             means[method] = {"recovered": float(np.mean(sel))}
             print(f"mean recovered by {method}: {np.mean(sel):.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "zoom": args.zoom, "rows": rows,
+        args.json.write_text(json.dumps({"model": args.model, "zoom": args.zoom,
+                                         "retries": args.retries, "rows": rows,
                                          "bulk": bulk, "means": means}, indent=1))
     return 0
 
