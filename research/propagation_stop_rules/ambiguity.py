@@ -44,7 +44,6 @@ import variants  # noqa: E402
 from learned_stop import bad  # noqa: E402
 from oracle import oracle, product_rules  # noqa: E402
 from simulate import replay  # noqa: E402
-from table import merge  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.engine.preprocess import prompt_arrays  # noqa: E402
@@ -89,10 +88,9 @@ class Hook:
         row["anchor_signals"] = self.anchor
 
 
-def trace_keys(path: Path, keys: list[str]) -> None:
+def trace_keys(path: Path, keys: list[str], base: dict) -> None:
     out = json.loads(path.read_text()) if path.exists() else {}
     model = load_model("litemedsam", device="cpu", threads=2)
-    base = stored()
     for key, session, obj, z, anchor in study.each_anchor(model, keys, lambda k: k in out):
         row = dict(case=key.split(":")[0], name=base.get(key, {}).get("name", key))
         if anchor.any():
@@ -101,10 +99,6 @@ def trace_keys(path: Path, keys: list[str]) -> None:
         path.write_text(json.dumps(out))
         logger.info("%s %s: %d + %d slices", key, row["name"], len(row.get("up", [])),
                     len(row.get("down", [])))
-
-
-def stored() -> dict:
-    return merge(*(json.loads((HERE / f).read_text()) for f in variants.BASELINE))
 
 
 #: The product's rules on a traced row (``oracle.product_rules``).
@@ -122,7 +116,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def replay_all(args) -> None:
     items = json.loads(args.json.read_text())
-    base = stored()
+    base = variants.baseline()
     keys = [k for k, item in items.items() if "anchor" in item and "naive" in base.get(k, {})]
     rows = [(r, items[k]) for k in keys for d in ("up", "down") for r in items[k][d]
             if r["area"] > 0 and "stab" in r]
@@ -164,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
     if args.what == "trace":
-        trace_keys(args.json, variants.subset_keys(args.keys, stored()))
+        base = variants.baseline()
+        trace_keys(args.json, variants.subset_keys(args.keys, base), base)
     else:
         replay_all(args)
     return 0

@@ -34,7 +34,6 @@ sys.path.insert(0, str(HERE))
 
 import study  # noqa: E402
 import variants  # noqa: E402
-from table import merge  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.evaluation import dice  # noqa: E402
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
-    base = merge(*(json.loads((HERE / f).read_text()) for f in variants.BASELINE))
+    base = variants.baseline()
     if args.analyse:
         analyse(base, args.thresholds, args.rounds, tuple(args.margins))
     else:

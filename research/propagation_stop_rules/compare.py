@@ -23,11 +23,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import variants  # noqa: E402
-from table import GROUPS, merge  # noqa: E402
+from table import GROUPS  # noqa: E402
 
 
 def main(paths: list[str]) -> int:
-    base = merge(*(json.loads((HERE / f).read_text()) for f in variants.BASELINE))
+    base = variants.baseline()
     before = {k: r["new"] for k, r in base.items() if "new" in r}
     grid = json.loads((HERE / "results_variant_product_grid.json").read_text())
     before.update({k: r["dice"] for k, r in grid.items()})

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 import study  # noqa: E402
 import variants  # noqa: E402
-from table import GROUPS, merge  # noqa: E402
+from table import GROUPS  # noqa: E402
 
 from napari_medsam.engine import load_model  # noqa: E402
 from napari_medsam.evaluation import dice  # noqa: E402
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
-    base = merge(*(json.loads((HERE / f).read_text()) for f in variants.BASELINE))
+    base = variants.baseline()
     if args.command == "record":
         keys = [k for k in variants.subset_keys(args.subset, base)
                 if args.only is None or k.startswith(args.only)]

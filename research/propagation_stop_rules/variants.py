@@ -63,6 +63,11 @@ MRI5 = ["brain1_mr:1", "hippocampus_003:1", "hippocampus_003:2", "hippocampus_00
         "hippocampus_004:2"]
 
 
+def baseline() -> dict:
+    """The stored study rows (``BASELINE``: naive, old, new, shape group) by structure key."""
+    return merge(*(json.loads((HERE / f).read_text()) for f in BASELINE))
+
+
 @dataclass(frozen=True)
 class Variant:
     """Propagation parameters, and optionally the consensus step (``agree`` > 0)."""
@@ -323,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
-    base = merge(*(json.loads((HERE / f).read_text()) for f in BASELINE))
+    base = baseline()
     keys = subset_keys(args.subset, base)
     paths = args.out or [HERE / f"results_variant_{args.variant}.json"]
     if not args.table:
