@@ -10,11 +10,14 @@ continuing past that stop follows it down to the range's end.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from helpers import ABDOMEN_CROP, KIDNEY_LEFT, LIVER, crop_session, dice, rectangle, tight_box
 
 from napari_medsam.segmentation import SliceRef
+from napari_medsam.segmentation.annotation import AnnotationModel
 from napari_medsam.segmentation.annotation_edits import (
     CONTINUABLE,
     PendingSlices,
@@ -106,6 +109,58 @@ def test_stops_are_data_and_a_run_continues_past_a_rule_stop(ct_crop):
     assert dice(labels[1:3] == KIDNEY_LEFT, kidney[1:3]) > 0.9  # measured 0.98
 
 
+def test_a_slice_cut_at_bounds_later_runs_and_continues_of_the_object(ct_crop):
+    """*Cut here* marks the slice in the annotation model; propagation and Continue of the
+    same object end there ("marked outside"), other objects and other labels do not."""
+    session, reference = ct_crop
+    kidney = reference == KIDNEY_LEFT
+    z = KIDNEY_ANCHOR
+    labels = SimpleNamespace(data=np.zeros(reference.shape, dtype=np.uint16))
+    labels.data[z][session.predict(SliceRef(0, z), box=tight_box(kidney[z])).mask] = KIDNEY_LEFT
+    model = AnnotationModel(label=KIDNEY_LEFT)
+    model.target = labels
+    model.add_anchor(KIDNEY_LEFT, 0, z)
+    seen: list[int] = []
+    model.events.outside.connect(seen.append)
+    model.params = RULES_ONLY
+    _, first = _drain(propagate_job(session, SliceRef(0, z), model.propagation_anchors(
+        labels.data, KIDNEY_LEFT, SliceRef(0, z)), KIDNEY_LEFT, lambda: False,
+        params=model.params))
+    up = next(s for s in first.stops if s.direction == +1)
+    assert up.last >= z + 2  # the kidney run goes at least two slices up
+    model.mark_outside(KIDNEY_LEFT, 0, z + 2)  # as Cut here on slice z + 2
+    assert seen == [KIDNEY_LEFT] and model.outside_slices(KIDNEY_LEFT, 0) == {z + 2}
+    assert model.outside_slices(LIVER, 0) == frozenset()
+
+    # shown on the cut slice itself (it holds no object): the mark wins, the run stops there
+    anchors = model.propagation_anchors(labels.data, KIDNEY_LEFT, SliceRef(0, z + 2))
+    assert sorted(anchors) == [z, z + 2] and not anchors[z + 2].any()
+    _, again = _drain(propagate_job(session, SliceRef(0, z), anchors, KIDNEY_LEFT,
+                                    lambda: False, params=model.params))
+    assert DirectionStop(+1, z + 2, StopReason.BARRIER, z + 1) in again.stops
+    assert _filled(again) & set(range(z + 2, reference.shape[0])) == set()
+    assert f"towards higher slices stopped at {z + 2} (marked outside)" in again.summary
+
+    # Continue past the lower rule stop ends on a mark below as well
+    down = next(s for s in again.stops if s.direction == -1)
+    assert down.reason in CONTINUABLE and down.index == z - 1
+    model.mark_outside(KIDNEY_LEFT, 0, z - 2)
+    _, more = _drain(continue_job(session, again, down, anchors, lambda: False,
+                                  params=model.params,
+                                  outside=model.outside_slices(KIDNEY_LEFT, 0)))
+    assert min(_filled(more)) == z - 1  # the forced slice past the stop, then the mark
+    assert DirectionStop(-1, z - 2, StopReason.BARRIER, z - 1) in more.stops
+
+    # accepting the object on a marked slice takes the mark back; other labels drop them all
+    model.add_anchor(KIDNEY_LEFT, 0, z - 2)
+    assert model.outside_slices(KIDNEY_LEFT, 0) == {z + 2}
+    model.target = SimpleNamespace(data=labels.data.copy())
+    assert model.outside == {} and seen[-1] == KIDNEY_LEFT
+    model.mark_outside(KIDNEY_LEFT, 0, z + 2)
+    model.clear_outside(KIDNEY_LEFT)
+    assert model.outside_slices(KIDNEY_LEFT, 0) == frozenset()
+
+
 def test_the_slices_range_bounds_a_propagation(ct_crop):
     session, reference = ct_crop
     liver = reference == LIVER
@@ -151,7 +206,7 @@ def test_stop_words_name_the_slice_the_reason_and_the_parts():
     assert stop_text(end) == ("towards higher slices went to 141 (end of range) [parts "
                               "stopped at 130 (empty), 142 (end of range)]")
     barrier = DirectionStop(-1, 9, StopReason.BARRIER, 10)
-    assert stop_text(barrier) == "towards lower slices stopped at 9 (empty anchor)"
+    assert stop_text(barrier) == "towards lower slices stopped at 9 (marked outside)"
     assert {StopReason.END, StopReason.BARRIER, StopReason.CANCELLED}.isdisjoint(CONTINUABLE)
 
 
@@ -183,7 +238,7 @@ def test_panel_shows_stops_continues_within_the_range_and_accepts_once(sample_ct
     target = widget.target_labels()
     after_2d = target.data.copy()
     panel = widget.volume_panel
-    panel.params = RULES_ONLY
+    widget.annotation.params = RULES_ONLY
     panel.range_check.setChecked(True)
 
     # the displayed slice outside the range: a warning, nothing runs
@@ -241,6 +296,9 @@ def test_panel_shows_stops_continues_within_the_range_and_accepts_once(sample_ct
     assert set(cut.stops) == {DirectionStop(+1, cut_at, StopReason.CUT, cut_at - 1),
                               DirectionStop(-1, first - 1, StopReason.END, first)}
     assert f"Towards higher slices stopped at {cut_at} (cut by you)." in panel.info.text()
+    assert widget.annotation.outside_slices(more.label, 0) == {cut_at}  # remembered
+    assert panel.marks.text() == (f"Cut at {cut_at} (axis 0): runs of object {more.label} "
+                                  "stop there.") and panel.forget_button.isEnabled()
     assert not any(preview[i].any() for i in filled - kept)  # gone from the preview
     assert all(preview[i].any() for i in kept)
     filled = kept
@@ -249,6 +307,20 @@ def test_panel_shows_stops_continues_within_the_range_and_accepts_once(sample_ct
     assert panel.stops_view.rows == [] and not panel.cut_button.isEnabled()
     written = {int(i) for i in np.flatnonzero((target.data == more.label).any(axis=(1, 2)))}
     assert written == filled | {z}
+    assert widget.annotation.anchors[(more.label, 0)] == {z}  # Accept 3D painted no anchor
+
+    # Propagate again: the run upwards ends on the slice cut at, not past it
+    panel.propagate()
+    qtbot.waitUntil(lambda: not panel.running, timeout=300_000)
+    again = panel.pending
+    assert DirectionStop(+1, cut_at, StopReason.BARRIER, cut_at - 1) in again.stops
+    assert max(_filled(again)) < cut_at
+    assert f"Towards higher slices stopped at {cut_at} (marked outside)." in panel.info.text()
+    panel.reject()
+    panel.forget_cuts()
+    assert widget.annotation.outside_slices(more.label, 0) == frozenset()
+    assert panel.marks.text() == "" and not panel.forget_button.isEnabled()
+
     target.undo()  # one step takes the propagation and its continuation back
     assert np.array_equal(target.data, after_2d)
 

@@ -125,7 +125,11 @@ class ObjectsView(QObject):
         self._objects_timer.start()
 
     def _on_paint(self, *_args) -> None:
-        """A slice the user painted on is an anchor that propagation never overwrites."""
+        """A slice the user painted on is an anchor that propagation never overwrites (the
+        widget's own writes are not painting: an Accept 3D must not make the displayed slice
+        an anchor)."""
+        if self.annotation.writing:
+            return
         labels = self.target_labels(create=False)
         ref = current_slice(self.viewer, self.annotation.image)
         if labels is not None and ref is not None and labels.selected_label > 0:

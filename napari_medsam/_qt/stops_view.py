@@ -4,8 +4,8 @@ One row per stop of the pending result (:attr:`PendingSlices.stops`, one per dir
 outer anchor): *Go to N* shows slice N (where the object was lost, or the last slice of a
 run that reached the range's end), *Continue past N* extends that direction by hand; it is
 enabled only for a stop made by a stop rule (vanished, jump, intensity shift, area jump), not
-for the range's end, an empty anchor, a cancel or the user's own cut (*Cut here*). The words
-for each stop are on the panel's info label
+for the range's end, a slice marked outside, a cancel or the user's own cut (*Cut here*). The
+words for each stop are on the panel's info label
 (:func:`~napari_medsam.segmentation.annotation_edits.stop_text`).
 
 The view holds no state but its rows and reports through Qt signals; the panel does the work.
@@ -25,7 +25,7 @@ __all__ = ["StopsView", "stop_slice"]
 
 
 def stop_slice(stop: DirectionStop) -> int:
-    """The slice *Go to* shows: where the object was lost (or the empty anchor met), else
+    """The slice *Go to* shows: where the object was lost (or the slice marked outside), else
     the last slice the run reached."""
     if stop.reason in CONTINUABLE or stop.reason is StopReason.BARRIER:
         return stop.index

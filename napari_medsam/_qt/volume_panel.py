@@ -7,11 +7,12 @@ preview), and Accept writes the whole result into the labels as one undoable edi
 touches the labels before Accept. After a propagation the info label says where and why each
 direction stopped, and :class:`~napari_medsam._qt.stops_view.StopsView` offers *Go to* and
 *Continue past* for each stop (continued slices join the same pending result); *Cut here*
-drops the displayed slice and the preview beyond it (the object ends there); with *Only
-within Slices* on, Propagate and Continue stay in the *Slices* range. With *Learn from
-accepted slices* on (and the export extra installed), Propagate first adapts the decoder to
-the object's accepted slices (:mod:`napari_medsam.adaptation.within_scan`) and uses it between
-the outermost of them.
+drops the displayed slice and the preview beyond it (the object ends there) and marks that
+slice outside the object, so that later runs of the object stop there too (*Forget cuts*
+drops the marks); with *Only within Slices* on, Propagate and Continue stay in the *Slices*
+range. With *Learn from accepted slices* on (and the export extra installed), Propagate first
+adapts the decoder to the object's accepted slices
+(:mod:`napari_medsam.adaptation.within_scan`) and uses it between the outermost of them.
 
 The jobs, the pending result and the 3D edit live in the Qt-free annotation model
 (:mod:`napari_medsam.segmentation.annotation_jobs`, :mod:`~.annotation_edits`); the panel
@@ -66,7 +67,6 @@ from napari_medsam.segmentation.annotation_jobs import (
     continue_mask,
     propagate_job,
 )
-from napari_medsam.segmentation.propagation_steps import DEFAULT_PARAMS, PropagationParams
 
 if TYPE_CHECKING:
     from napari_medsam.segmentation import SegmentationSession
@@ -91,11 +91,6 @@ class VolumePanel(QGroupBox):
     viewer
         The napari viewer (the displayed slice, the boxes and preview layers).
 
-    Attributes
-    ----------
-    params
-        How Propagate and Continue step from slice to slice and where they stop (the
-        measured defaults).
     """
 
     #: (done, total) from a worker thread; delivered on the GUI thread.
@@ -112,7 +107,6 @@ class VolumePanel(QGroupBox):
         super().__init__("3D")
         self.annotation = annotation
         self.viewer = viewer
-        self.params: PropagationParams = DEFAULT_PARAMS
         self._worker = None
         self._cancel = threading.Event()
 
@@ -168,6 +162,14 @@ class VolumePanel(QGroupBox):
             "it, away from your accepted slices (for a run that walked into a look-alike "
             "neighbour: the next vertebra, the next rib)")
         self.cut_button.clicked.connect(self.cut_here)
+        self.marks = QLabel("")
+        self.marks.setWordWrap(True)
+        self.forget_button = QPushButton("Forget cuts")
+        self.forget_button.setToolTip("Propagate may go past the slices you cut the current "
+                                      "object at again")
+        self.forget_button.clicked.connect(self.forget_cuts)
+        annotation.events.outside.connect(self._show_marks)
+        annotation.events.label.connect(self._show_marks)
         self.progress = QProgressBar()
         self.progress_changed.connect(self._show_progress)
         self.progress.setTextVisible(True)
@@ -189,12 +191,15 @@ class VolumePanel(QGroupBox):
         grid.addWidget(self.box_button, 4, 0)
         grid.addWidget(self.accept_button, 4, 1)
         grid.addWidget(self.reject_button, 4, 2)
+        grid.addWidget(self.marks, 5, 0, 1, 2)
         grid.addWidget(self.cut_button, 5, 2)
-        grid.addWidget(self.progress, 6, 0, 1, 2)
-        grid.addWidget(self.cancel_button, 6, 2)
-        grid.addWidget(self.info, 7, 0, 1, 3)
-        grid.addWidget(self.stops_view, 8, 0, 1, 3)
+        grid.addWidget(self.forget_button, 6, 2)
+        grid.addWidget(self.progress, 7, 0, 1, 2)
+        grid.addWidget(self.cancel_button, 7, 2)
+        grid.addWidget(self.info, 8, 0, 1, 3)
+        grid.addWidget(self.stops_view, 9, 0, 1, 3)
         self._set_running(False)
+        self._show_marks()
 
     # ------------------------------------------------------------------ state
     @property
@@ -329,8 +334,8 @@ class VolumePanel(QGroupBox):
         session, ref, label = context
         labels = self.annotation.target
         anchors = ({} if labels is None else
-                   self.annotation.anchor_masks(labels.data, label, ref))
-        if not anchors:
+                   self.annotation.propagation_anchors(labels.data, label, ref))
+        if not any(mask.any() for mask in anchors.values()):
             show_warning(f"MedSAM: object {label} has no accepted slice along this axis yet; "
                          "accept a mask on a slice first")
             return
@@ -344,10 +349,10 @@ class VolumePanel(QGroupBox):
                               "slice(s)...")
             job = partial(learn_and_propagate_job, session, ref, anchors, label,
                           self._cancel.is_set, stop_at, progress=self.learning.emit,
-                          params=self.params)
+                          params=self.annotation.params)
         else:
             job = partial(propagate_job, session, ref, anchors, label, self._cancel.is_set,
-                          stop_at, self.params)
+                          stop_at, self.annotation.params)
         self._start(job, streams=True)
 
     def continue_past(self, stop: DirectionStop) -> None:
@@ -369,12 +374,14 @@ class VolumePanel(QGroupBox):
         except ValueError as exc:
             show_warning(f"MedSAM: {exc}")
             return
+        outside = self.annotation.outside_slices(pending.label, pending.axis)
         self._start(partial(continue_job, session, pending, stop, anchors, self._cancel.is_set,
-                            stop_at, self.params), streams=True, keep=True)
+                            stop_at, self.annotation.params, outside), streams=True, keep=True)
 
     def cut_here(self) -> None:
         """The object ends on the displayed slice: drop it and the pending propagation's
-        slices beyond it (away from the object's anchors)."""
+        slices beyond it (away from the object's anchors), and mark it outside the object
+        (later runs of the object stop there)."""
         pending = self.pending
         ref = current_slice(self.viewer, self.annotation.image)
         if self.running or not isinstance(pending, PendingSlices) or ref is None:
@@ -396,9 +403,27 @@ class VolumePanel(QGroupBox):
             self._paint_preview(pending.axis, index, False)
         self._preview().refresh()
         self.annotation.pending = cut
+        self.annotation.mark_outside(pending.label, pending.axis, ref.index)
         self.info.setText("\n".join(cut.lines))
         self._set_running(False)
         self.status.emit(cut.summary + " Accept 3D or Reject.")
+
+    def forget_cuts(self) -> None:
+        """Forget the slices the current object was cut at: runs may cross them again."""
+        self.annotation.clear_outside(self.annotation.label)
+
+    def _show_marks(self, *_args) -> None:
+        """The slices the current object is marked outside of, and *Forget cuts*."""
+        label = self.annotation.label
+        marked = {axis: sorted(slices) for (which, axis), slices
+                  in sorted(self.annotation.outside.items()) if which == label and slices}
+        self.forget_button.setEnabled(bool(marked))
+        if not marked:
+            self.marks.setText("")
+            return
+        where = "; ".join(", ".join(map(str, slices)) + f" (axis {axis})"
+                          for axis, slices in marked.items())
+        self.marks.setText(f"Cut at {where}: runs of object {label} stop there.")
 
     def go_to(self, index: int) -> None:
         """Show slice ``index`` along the pending result's axis."""
@@ -470,7 +495,8 @@ class VolumePanel(QGroupBox):
             show_warning("MedSAM: nothing to accept in 3D")
             return 0
         change = self.annotation.pending_change(labels.data)
-        write_change(labels, change)
+        with self.annotation.own_write():
+            write_change(labels, change)
         self.annotation.accepted(change)  # ends the pending result
         self._clear_preview()
         self._set_running(False)

@@ -353,7 +353,8 @@ class SegmentWidget(QWidget):
         except ValueError as exc:
             show_error(f"MedSAM: {exc}")
             return 0
-        write_change(labels, change)
+        with self.annotation.own_write():
+            write_change(labels, change)
         self.annotation.accepted(change, ref)  # the slice becomes an anchor
         self.clear(ref)
         self.refresh_objects()

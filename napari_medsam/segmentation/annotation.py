@@ -2,11 +2,13 @@
 
 :class:`AnnotationModel` holds what the widget and its panels share: the segmentation session
 of the current scan, the current object (label id), the overwrite rule and the zoom rule, the
-target labels, the propagation anchors (slices the user made), the 2D preview and the pending
-3D result. It computes what an accept changes (:class:`~.annotation_edits.LabelChange`) and
-emits every change through the psygnal signals of :attr:`AnnotationModel.events`, which the
-views (``napari_medsam._qt``) connect to; the views draw, run workers and write into napari
-layers, but keep no annotation state of their own. Like napari-animation's ``Animation`` and
+target labels, the propagation anchors (slices the user made) and the slices the user cut
+an object at (*Cut here*: propagation never crosses them again), how propagation steps and
+stops, the 2D preview and the pending 3D result. It computes what an accept changes
+(:class:`~.annotation_edits.LabelChange`) and emits every change through the psygnal
+signals of :attr:`AnnotationModel.events`, which the views (``napari_medsam._qt``) connect
+to; the views draw, run workers and write into napari layers, but keep no annotation state
+of their own. Like napari-animation's ``Animation`` and
 its Qt ``AnimationWidget``, the model knows nothing of its views.
 
 The scan image and the target labels are opaque objects here (the views' napari layers): the
@@ -15,8 +17,9 @@ model reads only ``target.data``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,7 @@ from .annotation_edits import (
     pending_change,
     preview_change,
 )
+from .propagation_steps import DEFAULT_PARAMS, PropagationParams
 from .session import SegmentationSession, SliceRef
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ class AnnotationEvents(SignalGroup):
     zoom = Signal(str)  #: the new zoom rule ("auto"/"off")
     target = Signal(object)  #: the new target labels (or None)
     anchors = Signal(int, int, int)  #: (label, axis, index) of a new anchor
+    outside = Signal(int)  #: the label whose slices marked outside changed
     preview = Signal(object, object, object)  #: (old ref, new ref, mask) of the preview
     pending = Signal(object)  #: the new pending 3D result (or None)
     accepted = Signal(object)  #: the LabelChange just accepted
@@ -76,6 +81,12 @@ class AnnotationModel:
         self._zoom = self._check_zoom(zoom)
         #: (label, axis) -> slice indices the user accepted or painted on.
         self.anchors: dict[tuple[int, int], set[int]] = {}
+        #: (label, axis) -> slices the user cut the object at (*Cut here*): outside it.
+        self.outside: dict[tuple[int, int], set[int]] = {}
+        #: How Propagate and Continue step from slice to slice and where they stop.
+        self.params: PropagationParams = DEFAULT_PARAMS
+        #: True while a view writes an accepted change (:meth:`own_write`).
+        self.writing = False
         self.preview_ref: SliceRef | None = None
         self.preview_mask: np.ndarray | None = None
         self._pending: Pending3D | None = None
@@ -147,8 +158,13 @@ class AnnotationModel:
 
     @target.setter
     def target(self, labels: Any) -> None:
+        """Other target labels: the slices marked outside objects of the old ones go."""
         if labels is not self._target:
             self._target = labels
+            marked = {label for (label, _axis), slices in self.outside.items() if slices}
+            self.outside.clear()
+            for label in sorted(marked):
+                self.events.outside.emit(label)
             self.events.target.emit(labels)
 
     def target_labels(self, create: bool = False) -> Any:
@@ -159,14 +175,50 @@ class AnnotationModel:
 
     # ------------------------------------------------------------------ anchors
     def add_anchor(self, label: int, axis: int, index: int) -> None:
-        """Mark slice ``index`` of object ``label`` as user-made (propagation keeps it)."""
-        self.anchors.setdefault((int(label), int(axis)), set()).add(int(index))
+        """Mark slice ``index`` of object ``label`` as user-made (propagation keeps it); a
+        mark of that slice as outside the object goes."""
+        key = (int(label), int(axis))
+        self.anchors.setdefault(key, set()).add(int(index))
+        if int(index) in self.outside.get(key, ()):
+            self.outside[key].discard(int(index))
+            self.events.outside.emit(int(label))
         self.events.anchors.emit(int(label), int(axis), int(index))
 
     def anchor_masks(self, labels: np.ndarray, label: int, ref: SliceRef
                      ) -> dict[int, np.ndarray]:
         """Non-empty masks of ``label`` on its anchors along ``ref.axis`` (and on ``ref``)."""
         return anchor_masks(labels, self.anchors.get((label, ref.axis), set()), label, ref)
+
+    def propagation_anchors(self, labels: np.ndarray, label: int, ref: SliceRef
+                            ) -> dict[int, np.ndarray]:
+        """What propagation starts from: :meth:`anchor_masks`, and an empty mask on each
+        slice marked outside the object (a barrier no run crosses). A mark wins over the
+        displayed slice, an accepted or painted slice over a mark."""
+        masks = self.anchor_masks(labels, label, ref)
+        user_made = self.anchors.get((label, ref.axis), set())
+        empty = np.zeros(np.take(labels, 0, axis=ref.axis).shape, dtype=bool)
+        for index in self.outside_slices(label, ref.axis) - user_made:
+            masks[index] = empty
+        return dict(sorted(masks.items()))
+
+    # ------------------------------------------------------------------ outside marks
+    def outside_slices(self, label: int, axis: int) -> frozenset[int]:
+        """Slices along ``axis`` the user cut object ``label`` at (outside it)."""
+        return frozenset(self.outside.get((int(label), int(axis)), ()))
+
+    def mark_outside(self, label: int, axis: int, index: int) -> None:
+        """Object ``label`` is absent from slice ``index``: no propagation of it crosses
+        that slice any more (*Cut here* marks the slice it cut at)."""
+        self.outside.setdefault((int(label), int(axis)), set()).add(int(index))
+        self.events.outside.emit(int(label))
+
+    def clear_outside(self, label: int) -> None:
+        """Forget every slice marked outside object ``label`` (along every axis)."""
+        keys = [key for key in self.outside if key[0] == int(label) and self.outside[key]]
+        for key in keys:
+            del self.outside[key]
+        if keys:
+            self.events.outside.emit(int(label))
 
     # ------------------------------------------------------------------ preview
     def set_preview(self, ref: SliceRef | None, mask: np.ndarray | None) -> None:
@@ -219,6 +271,16 @@ class AnnotationModel:
         else:
             self.pending = None
         self.events.accepted.emit(change)
+
+    @contextlib.contextmanager
+    def own_write(self) -> Iterator[None]:
+        """While a view writes an accepted change into the target labels: the paint events
+        it raises are not the user's brush (no slice becomes an anchor by them)."""
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
 
     # ------------------------------------------------------------------ objects
     def new_object(self, labels: np.ndarray | None) -> int:

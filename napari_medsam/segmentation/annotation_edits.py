@@ -43,8 +43,8 @@ class PendingKind(enum.Enum):
     REFINE = "refine"  # the whole object as it should be (refine, fill gaps)
 
 
-#: Stops a run can be continued past: those made by a stop rule (not the range's end, an
-#: empty anchor, a cancel or the user's cut).
+#: Stops a run can be continued past: those made by a stop rule (not the range's end, a
+#: slice marked outside, a cancel or the user's cut).
 CONTINUABLE = frozenset({StopReason.EMPTY, StopReason.JUMP, StopReason.INTENSITY,
                          StopReason.AREA})
 

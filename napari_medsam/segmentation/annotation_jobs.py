@@ -13,7 +13,7 @@ A propagation's pending result records where each direction stopped
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,9 +57,10 @@ def propagate_job(session: SegmentationSession, ref: SliceRef, anchors: Mapping[
                   label: int, cancel: Callable[[], bool],
                   stop_at: tuple[int, int] | None = None,
                   params: PropagationParams = DEFAULT_PARAMS) -> Job:
-    """Propagate object ``label`` from its ``anchors`` (slice index -> mask) along
-    ``ref.axis``, starting next to the displayed slice; ``stop_at``: the inclusive slice
-    range the run stays in (default: the volume); ``params``: how runs step and stop."""
+    """Propagate object ``label`` from its ``anchors`` (slice index -> mask; an empty mask
+    marks a slice outside the object) along ``ref.axis``, starting next to the displayed
+    slice; ``stop_at``: the inclusive slice range the run stays in (default: the volume);
+    ``params``: how runs step and stop."""
     from .propagation import propagate
 
     lo, hi = _bounds(session, ref.axis, stop_at)
@@ -99,14 +100,15 @@ def continue_mask(pending: PendingSlices, stop: DirectionStop,
 def continue_job(session: SegmentationSession, pending: PendingSlices, stop: DirectionStop,
                  anchors: Mapping[int, np.ndarray], cancel: Callable[[], bool],
                  stop_at: tuple[int, int] | None = None,
-                 params: PropagationParams = DEFAULT_PARAMS) -> Job:
+                 params: PropagationParams = DEFAULT_PARAMS,
+                 outside: Collection[int] = ()) -> Job:
     """Continue the propagation of ``pending`` past ``stop`` (one of ``pending.stops``) in
     its direction, from the mask held on ``stop.last`` (:func:`continue_mask`, which raises
     ``ValueError`` for a stop that cannot be continued: call it first to check).
 
     Returns the pending result with the new slices merged in and ``stop`` replaced by where
     the continued run ended (the other stops are kept). ``stop_at`` and ``params`` as in
-    :func:`propagate_job`.
+    :func:`propagate_job`; ``outside``: slices marked outside the object, where the run ends.
     """
     from .propagation import continue_propagation
 
@@ -115,7 +117,8 @@ def continue_job(session: SegmentationSession, pending: PendingSlices, stop: Dir
     total = max((hi - stop.last) if stop.direction > 0 else (stop.last - lo), 1)
     masks = dict(pending.masks)
     run = continue_propagation(session, pending.axis, stop.last, mask, stop.direction,
-                               stop_at=stop_at, cancel=cancel, params=params)
+                               stop_at=stop_at, cancel=cancel, params=params,
+                               outside=outside)
     yield from _stream(run, pending.axis, masks, 0, total)
     stops = [s for s in pending.stops if s != stop] + list(run.stops)
     return slices_pending(pending.label, pending.axis, masks, stops, cancel())

@@ -22,7 +22,7 @@ Measurements: ``benchmarks/propagation_eval.py`` and ``research/propagation_stop
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 
 import numpy as np
 
@@ -271,7 +271,8 @@ def continue_propagation(session: SegmentationSession, axis: int, index: int,
                          mask: np.ndarray, direction: int, *, past: int = 1,
                          stop_at: tuple[int, int] | None = None,
                          cancel: Callable[[], bool] | None = None,
-                         params: PropagationParams = DEFAULT_PARAMS) -> PropagationRun:
+                         params: PropagationParams = DEFAULT_PARAMS,
+                         outside: Collection[int] = ()) -> PropagationRun:
     """Continue a run past where it stopped, in one direction.
 
     Parameters
@@ -287,6 +288,9 @@ def continue_propagation(session: SegmentationSession, axis: int, index: int,
         again.
     stop_at, cancel, params
         As in :func:`propagate`.
+    outside
+        Slices where the object is absent (empty anchors of :func:`propagate`): the run
+        ends on the first of them it meets.
 
     Returns
     -------
@@ -296,7 +300,10 @@ def continue_propagation(session: SegmentationSession, axis: int, index: int,
     """
     if direction not in (-1, 1):
         raise ValueError(f"direction must be -1 or +1, got {direction!r}")
-    return propagate(session, axis, {int(index): mask}, start=int(index), stop_at=stop_at,
+    anchors = {int(index): mask}
+    empty = np.zeros(np.shape(mask), dtype=bool)
+    anchors.update({int(i): empty for i in outside if (int(i) - index) * direction > 0})
+    return propagate(session, axis, anchors, start=int(index), stop_at=stop_at,
                      cancel=cancel, params=params, directions=(direction,), force=past)
 
 

@@ -36,8 +36,9 @@ class StopReason(str, enum.Enum):
     AREA = "area jump"
     #: The run reached the end of the volume or of the slice range it was given.
     END = "end of range"
-    #: The run met an empty anchor (a slice the user marked as outside the object).
-    BARRIER = "empty anchor"
+    #: The run met an empty anchor: a slice marked outside the object (*Cut here* marks
+    #: the slice it cut at, and later runs of that object stop there too).
+    BARRIER = "marked outside"
     #: The run was cancelled.
     CANCELLED = "cancelled"
     #: The user cut the pending result there (*Cut here*: the object ends on that slice).
