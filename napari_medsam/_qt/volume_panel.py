@@ -86,11 +86,10 @@ class VolumePanel(QGroupBox):
     Parameters
     ----------
     annotation
-        The annotation model: session, current object, anchors, overwrite rule, target
-        labels and the pending 3D result.
+        The annotation model: session, current object, anchors and slices cut at, overwrite
+        rule, target labels, propagation parameters and the pending 3D result.
     viewer
         The napari viewer (the displayed slice, the boxes and preview layers).
-
     """
 
     #: (done, total) from a worker thread; delivered on the GUI thread.

@@ -8,8 +8,8 @@ stops, the 2D preview and the pending 3D result. It computes what an accept chan
 (:class:`~.annotation_edits.LabelChange`) and emits every change through the psygnal
 signals of :attr:`AnnotationModel.events`, which the views (``napari_medsam._qt``) connect
 to; the views draw, run workers and write into napari layers, but keep no annotation state
-of their own. Like napari-animation's ``Animation`` and
-its Qt ``AnimationWidget``, the model knows nothing of its views.
+of their own. Like napari-animation's ``Animation`` and its Qt ``AnimationWidget``, the
+model knows nothing of its views.
 
 The scan image and the target labels are opaque objects here (the views' napari layers): the
 model reads only ``target.data``.
