@@ -190,7 +190,7 @@ class VolumePanel(QGroupBox):
         grid.addWidget(self.box_button, 4, 0)
         grid.addWidget(self.accept_button, 4, 1)
         grid.addWidget(self.reject_button, 4, 2)
-        grid.addWidget(self.marks, 5, 0, 1, 2)
+        grid.addWidget(self.marks, 5, 0, 2, 2)
         grid.addWidget(self.cut_button, 5, 2)
         grid.addWidget(self.forget_button, 6, 2)
         grid.addWidget(self.progress, 7, 0, 1, 2)
