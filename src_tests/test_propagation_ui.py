@@ -317,6 +317,19 @@ def test_panel_shows_stops_continues_within_the_range_and_accepts_once(sample_ct
     assert max(_filled(again)) < cut_at
     assert f"Towards higher slices stopped at {cut_at} (marked outside)." in panel.info.text()
     panel.reject()
+
+    # another object drawn (never accepted) only on a slice it was cut at: one message
+    other, kept_slice = more.label + 1, target.data[cut_at].copy()
+    target.data[cut_at][reference[cut_at] == KIDNEY_LEFT] = other
+    widget.annotation.mark_outside(other, 0, cut_at)
+    widget.annotation.label = other
+    panel.propagate()
+    assert not panel.running and panel.pending is None
+    assert warnings[-1].startswith(f"MedSAM: you cut object {other} at slice {cut_at}: it is "
+                                   "marked outside the object")
+    target.data[cut_at] = kept_slice
+    widget.annotation.label = more.label
+
     panel.forget_cuts()
     assert widget.annotation.outside_slices(more.label, 0) == frozenset()
     assert panel.marks.text() == "" and not panel.forget_button.isEnabled()

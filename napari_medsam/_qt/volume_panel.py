@@ -335,8 +335,13 @@ class VolumePanel(QGroupBox):
         anchors = ({} if labels is None else
                    self.annotation.propagation_anchors(labels.data, label, ref))
         if not any(mask.any() for mask in anchors.values()):
-            show_warning(f"MedSAM: object {label} has no accepted slice along this axis yet; "
-                         "accept a mask on a slice first")
+            if ref.index in self.annotation.outside_slices(label, ref.axis):
+                show_warning(f"MedSAM: you cut object {label} at slice {ref.index}: it is "
+                             "marked outside the object; show an accepted slice, or press "
+                             "Forget cuts")
+            else:
+                show_warning(f"MedSAM: object {label} has no accepted slice along this axis "
+                             "yet; accept a mask on a slice first")
             return
         stop_at = self._range(ref.index)
         if stop_at is False:
