@@ -161,10 +161,8 @@ class AnnotationModel:
         """Other target labels: the slices marked outside objects of the old ones go."""
         if labels is not self._target:
             self._target = labels
-            marked = {label for (label, _axis), slices in self.outside.items() if slices}
-            self.outside.clear()
-            for label in sorted(marked):
-                self.events.outside.emit(label)
+            for label in sorted({label for label, _axis in self.outside}):
+                self.clear_outside(label)
             self.events.target.emit(labels)
 
     def target_labels(self, create: bool = False) -> Any:
@@ -214,10 +212,8 @@ class AnnotationModel:
 
     def clear_outside(self, label: int) -> None:
         """Forget every slice marked outside object ``label`` (along every axis)."""
-        keys = [key for key in self.outside if key[0] == int(label) and self.outside[key]]
-        for key in keys:
-            del self.outside[key]
-        if keys:
+        dropped = [self.outside.pop(key) for key in list(self.outside) if key[0] == int(label)]
+        if any(dropped):
             self.events.outside.emit(int(label))
 
     # ------------------------------------------------------------------ preview
